@@ -1,0 +1,51 @@
+# make test: all set-up on a fresh machine (idempotent, cached steps skipped), then the tests.
+# make demo: the same set-up, then JupyterHub with this spawner on http://127.0.0.1:8000.
+SHELL := /bin/bash
+CACHE := $(CURDIR)/.cache
+VENV := $(CURDIR)/.venv
+CHP := $(CACHE)/npm/node_modules/.bin/configurable-http-proxy
+PYTEST_ARGS ?=
+
+export CHECKPOINT_DISABLE := 1
+export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
+export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH)
+
+.PHONY: setup debs lxd image provider test unit demo wheel fmt clean-state
+
+setup: debs lxd image provider $(VENV)/.installed $(CHP)
+	@echo "setup: done"
+
+debs:
+	@bash setup/debian-packages.sh
+
+lxd: debs
+	@bash setup/lxd-up.sh
+
+image: lxd
+	@bash image/build.sh
+
+provider: debs
+	@bash setup/provider-mirror.sh $(CACHE)
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+$(CHP):
+	npm install --no-audit --no-fund --silent --prefix $(CACHE)/npm configurable-http-proxy@5
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup
+	cd examples && $(VENV)/bin/jupyterhub -f jupyterhub_config.py
+
+wheel: $(VENV)/.installed
+	$(VENV)/bin/python -m build --wheel --outdir dist .
+
+fmt:
+	terraform fmt -recursive terraform/

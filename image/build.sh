@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Build the Jupyter image offline and import it into LXD under a fixed alias.
+# Skips everything when an image made from the same recipe (hash of this directory's files) is
+# already imported. Only Debian's and PyPI's registries are used.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+alias=${IMAGE_ALIAS:-jupyter-notebook}
+suite=bookworm
+
+recipe_hash=$(cd "$here" && sha256sum build.sh requirements.txt jupyterhub-singleuser.service \
+  jupyterhub-singleuser-launch | sha256sum | cut -c1-16)
+
+current=$(lxc image show "$alias" 2>/dev/null | sed -n 's/^ *recipe_hash: *//p' || true)
+if [ "$current" = "$recipe_hash" ]; then
+  echo "image: '$alias' is up to date (recipe $recipe_hash)"
+  exit 0
+fi
+
+# The Debian mirror the host already uses (its apt sources), so the build needs no other host.
+mirror=$(sed -n 's/^URIs: *\([^ ]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
+if [ -z "$mirror" ]; then
+  mirror=$(awk '$1=="deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+fi
+[ -n "$mirror" ] || { echo "image: no Debian mirror found in the host's apt sources" >&2; exit 1; }
+
+work=$(mktemp -d /var/tmp/tf-lxd-image.XXXXXX)
+root="$work/rootfs"
+cleanup() {
+  for m in proc sys dev/pts dev; do umount -l "$root/$m" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+start=$(date +%s)
+
+echo "image: debootstrap $suite from $mirror"
+debootstrap --variant=minbase \
+  --include=systemd-sysv,python3,python3-venv,ca-certificates,iproute2,passwd,procps \
+  "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
+  || { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
+
+echo "image: venv with $(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')"
+# pip behind the TLS-re-signing proxy needs the host's CA bundle, for the build only.
+cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/host-ca.crt"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp "$here/requirements.txt" "$root/tmp/requirements.txt"
+mount -t proc proc "$root/proc"
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+  PIP_CERT=/tmp/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+  chroot "$root" sh -ec 'python3 -m venv /opt/jupyter && /opt/jupyter/bin/pip install -q -r /tmp/requirements.txt'
+umount "$root/proc"
+rm -f "$root/tmp/host-ca.crt" "$root/tmp/requirements.txt"
+: >"$root/etc/resolv.conf"
+
+install -m 0755 "$here/jupyterhub-singleuser-launch" "$root/usr/local/sbin/jupyterhub-singleuser-launch"
+install -m 0644 "$here/jupyterhub-singleuser.service" "$root/etc/systemd/system/jupyterhub-singleuser.service"
+install -d -m 0700 "$root/etc/jupyterhub-singleuser"
+ln -sf /etc/systemd/system/jupyterhub-singleuser.service \
+  "$root/etc/systemd/system/multi-user.target.wants/jupyterhub-singleuser.service"
+# binfmt cannot be set up in an unprivileged container and would keep systemd 'degraded'.
+ln -sf /dev/null "$root/etc/systemd/system/systemd-binfmt.service"
+rm -f "$root/etc/hostname"
+rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
+
+mkdir -p "$work/templates"
+printf '{{ container.name }}\n' >"$work/templates/hostname.tpl"
+printf '127.0.0.1 localhost\n127.0.1.1 {{ container.name }}\n::1 localhost ip6-localhost ip6-loopback\n' \
+  >"$work/templates/hosts.tpl"
+cat >"$work/metadata.yaml" <<META
+architecture: $(uname -m)
+creation_date: $(date +%s)
+properties:
+  os: debian
+  release: $suite
+  description: Debian $suite with JupyterHub single-user server (tf-lxd-spawner)
+  recipe_hash: "$recipe_hash"
+templates:
+  /etc/hostname:
+    when: [create, copy]
+    template: hostname.tpl
+  /etc/hosts:
+    when: [create, copy]
+    template: hosts.tpl
+META
+
+echo "image: packing and importing"
+tar -C "$work" --numeric-owner -cf "$work/image.tar" metadata.yaml templates rootfs
+lxc image delete "$alias" 2>/dev/null || true
+lxc image import "$work/image.tar" --alias "$alias" >/dev/null
+echo "image: '$alias' imported (recipe $recipe_hash) in $(( $(date +%s) - start )) s"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Start the LXD daemon when it is not running (PID 1 here is not systemd) and give it a
+# copy-on-write storage pool and a default profile, with no network: containers are reached
+# through loopback proxy devices, never a bridge.
+set -euo pipefail
+log=${LXD_LOG:-/var/log/lxd-tf-lxd-spawner.log}
+
+if ! lxc info >/dev/null 2>&1; then
+  # A closed loopback port as proxy: the daemon must not reach out at start-up.
+  HTTPS_PROXY=http://127.0.0.1:9 HTTP_PROXY=http://127.0.0.1:9 NO_PROXY=127.0.0.0/8 \
+    setsid nohup lxd --group root >>"$log" 2>&1 </dev/null &
+  lxd waitready --timeout=60
+fi
+
+lxc config set images.auto_update_interval 0
+
+if ! lxc storage show default >/dev/null 2>&1; then
+  driver=dir
+  if command -v mkfs.btrfs >/dev/null && grep -qw btrfs /proc/filesystems; then driver=btrfs; fi
+  if [ "$driver" = btrfs ]; then
+    lxc storage create default btrfs size=40GiB || { driver=dir; lxc storage create default dir; }
+  else
+    lxc storage create default dir
+  fi
+  echo "lxd-up: created storage pool 'default' ($driver)"
+fi
+
+if ! lxc profile device get default root pool >/dev/null 2>&1; then
+  lxc profile device add default root disk path=/ pool=default
+fi
+echo "lxd-up: LXD $(lxd --version) ready, pool $(lxc storage get default source 2>/dev/null || true) ($(lxc storage list -f csv | cut -d, -f1,2 | tr '\n' ' '))"

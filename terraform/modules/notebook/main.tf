@@ -1,0 +1,120 @@
+locals {
+  conf_dir = "/etc/jupyterhub-singleuser"
+
+  # What the image's launcher reads: who to run as and what to run (an argument list, no shell).
+  spawn = {
+    user = var.user.name
+    uid  = var.user.uid
+    gid  = var.user.gid
+    home = var.user.home
+    cwd  = var.server_cwd
+    cmd  = var.server_cmd
+  }
+
+  server_files = [
+    {
+      target_path = "${local.conf_dir}/spawn.json"
+      content     = jsonencode(local.spawn)
+      source      = null
+      mode        = "0600"
+      uid         = 0
+      gid         = 0
+    },
+  ]
+
+  proxy_devices = merge(
+    var.connect_via == "proxy" ? {
+      jupyter-server = {
+        type = "proxy"
+        properties = {
+          bind    = "host"
+          listen  = "tcp:${var.listen_address}:${var.listen_port}"
+          connect = "tcp:127.0.0.1:${var.server_port}"
+        }
+      }
+    } : {},
+    var.hub_address == null ? {} : {
+      jupyterhub-api = {
+        type = "proxy"
+        properties = {
+          bind    = "container"
+          listen  = "tcp:127.0.0.1:${var.hub_port}"
+          connect = "tcp:${var.hub_address}:${var.hub_port}"
+        }
+      }
+    },
+  )
+
+  disk_devices = {
+    for d in var.disks : d.name => {
+      type = "disk"
+      properties = merge(
+        { source = d.source, path = d.path },
+        d.readonly ? { readonly = "true" } : {},
+      )
+    }
+  }
+
+  devices = merge(local.disk_devices, var.devices, local.proxy_devices)
+
+  config = merge(
+    var.config,
+    { for k, v in var.labels : "user.tf-lxd-spawner.${k}" => v },
+    {
+      "user.tf-lxd-spawner.managed" = "true"
+      "security.privileged"         = tostring(var.privileged)
+    },
+  )
+}
+
+resource "lxd_container" "notebook" {
+  name             = var.name
+  image            = var.image
+  remote           = var.remote
+  target           = var.target
+  profiles         = var.profiles
+  limits           = var.limits
+  config           = local.config
+  ephemeral        = false
+  start_container  = true
+  wait_for_network = false
+
+  dynamic "device" {
+    for_each = local.devices
+    content {
+      name       = device.key
+      type       = device.value.type
+      properties = device.value.properties
+    }
+  }
+
+  dynamic "file" {
+    for_each = concat(var.files, local.server_files)
+    content {
+      target_file        = file.value.target_path
+      content            = file.value.content
+      source             = file.value.source
+      mode               = file.value.mode
+      uid                = file.value.uid
+      gid                = file.value.gid
+      create_directories = true
+    }
+  }
+
+  # The environment holds the hub API token: a file of its own, 0600, owned by root.
+  file {
+    target_file        = "${local.conf_dir}/env.json"
+    content            = jsonencode(var.server_environment)
+    mode               = "0600"
+    uid                = 0
+    gid                = 0
+    create_directories = true
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.connect_via != "proxy" || var.listen_port != null
+      error_message = "connect_via = \"proxy\" needs listen_port."
+    }
+  }
+}

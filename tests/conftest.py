@@ -1,0 +1,33 @@
+"""Shared facts about the real stack that `make setup` brought up."""
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODULE_DIR = REPO / "terraform" / "modules" / "notebook"
+CACHE = REPO / ".cache"
+IMAGE = os.environ.get("TF_LXD_TEST_IMAGE", "jupyter-notebook")
+
+
+def terraform_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["CHECKPOINT_DISABLE"] = "1"
+    env["TF_CLI_CONFIG_FILE"] = str(CACHE / "terraform" / "cli.tfrc")
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def lxd_client():
+    import pylxd
+
+    return pylxd.Client()

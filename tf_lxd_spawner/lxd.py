@@ -1,0 +1,189 @@
+"""pylxd access: cluster members, instance counts, instance status and the server unit.
+
+pylxd is blocking, so every call here runs in a thread (`asyncio.to_thread`); clients are
+shared per endpoint so a poll costs one or two HTTP requests, not a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+import pylxd
+import requests
+from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
+
+SERVER_UNIT = "jupyterhub-singleuser.service"
+MANAGED_KEY = "user.tf-lxd-spawner.managed"
+
+
+class LxdUnavailable(RuntimeError):
+    """The LXD API could not be reached (daemon down, socket missing, TLS refused)."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where LXD is and how to trust it; hashable so clients can be shared per endpoint."""
+
+    url: str | None = None  # None: the local unix socket
+    cert: str | None = None
+    key: str | None = None
+    verify: str | bool = True
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    status: str
+    address: str  # host part of the member's URL ("" when standalone)
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    name: str
+    status: str  # LXD's status ("Running", "Stopped", ...)
+    location: str
+    config: dict
+
+
+_clients: dict[Endpoint, pylxd.Client] = {}
+_clients_lock = threading.Lock()
+
+
+def _connect(endpoint: Endpoint) -> pylxd.Client:
+    with _clients_lock:
+        client = _clients.get(endpoint)
+        if client is not None:
+            return client
+        kwargs = {}
+        if endpoint.url:
+            kwargs["endpoint"] = endpoint.url
+            if endpoint.cert and endpoint.key:
+                kwargs["cert"] = (endpoint.cert, endpoint.key)
+            kwargs["verify"] = endpoint.verify
+        try:
+            client = pylxd.Client(**kwargs)
+        except (ClientConnectionFailed, requests.RequestException, OSError) as e:
+            where = endpoint.url or "the local unix socket"
+            raise LxdUnavailable(f"LXD is not reachable at {where}: {e}") from e
+        _clients[endpoint] = client
+        return client
+
+
+def forget(endpoint: Endpoint) -> None:
+    """Drop a shared client (after a connection error) so the next call reconnects."""
+    with _clients_lock:
+        _clients.pop(endpoint, None)
+
+
+def _call(endpoint: Endpoint, fn):
+    try:
+        return fn(_connect(endpoint))
+    except (ClientConnectionFailed, requests.ConnectionError, ConnectionError) as e:
+        forget(endpoint)
+        raise LxdUnavailable(f"LXD is not reachable at {endpoint.url or 'the local unix socket'}: {e}") from e
+
+
+def _members(client: pylxd.Client) -> list[Member]:
+    info = client.api.cluster.get().json().get("metadata") or {}
+    if not info.get("enabled"):
+        return []
+    raw = client.api.cluster.members.get(params={"recursion": 1}).json().get("metadata") or []
+    members = []
+    for m in raw:
+        url = m.get("url") or ""
+        host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        members.append(Member(m["server_name"], m.get("status", ""), host))
+    return members
+
+
+def _instance_counts(client: pylxd.Client, managed_only: bool) -> Counter:
+    raw = client.api.instances.get(params={"recursion": 1}).json().get("metadata") or []
+    counts: Counter = Counter()
+    for inst in raw:
+        if managed_only and (inst.get("config") or {}).get(MANAGED_KEY) != "true":
+            continue
+        counts[inst.get("location") or ""] += 1
+    return counts
+
+
+def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
+    try:
+        data = client.api.instances[name].get().json()["metadata"]
+    except NotFound:
+        return None
+    except LXDAPIException as e:
+        if getattr(e.response, "status_code", None) == 404:
+            return None
+        raise
+    return InstanceInfo(name, data.get("status", ""), data.get("location") or "", data.get("config") or {})
+
+
+def _unit_active(client: pylxd.Client, name: str, unit: str, timeout: float) -> bool:
+    """`systemctl is-active` in the instance, as an LXD exec without websockets (two requests)."""
+    body = {
+        "command": ["systemctl", "is-active", "--quiet", unit],
+        "wait-for-websocket": False,
+        "interactive": False,
+        "record-output": False,
+        "environment": {},
+    }
+    op = client.api.instances[name].exec.post(json=body).json()
+    op_id = op["operation"].rsplit("/", 1)[-1]
+    result = client.api.operations[op_id].wait.get(params={"timeout": int(timeout)}).json()["metadata"]
+    return (result.get("metadata") or {}).get("return") == 0
+
+
+async def members(endpoint: Endpoint) -> list[Member]:
+    """Cluster members with their status; [] for a standalone server."""
+    return await asyncio.to_thread(_call, endpoint, _members)
+
+
+async def instance_counts(endpoint: Endpoint, managed_only: bool = False) -> Counter:
+    """Instances per member name (one request, recursion=1)."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: _instance_counts(c, managed_only))
+
+
+async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
+    """The instance's status and location, or None when it does not exist."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: _instance(c, name))
+
+
+async def unit_active(endpoint: Endpoint, name: str, unit: str = SERVER_UNIT, timeout: float = 10) -> bool:
+    return await asyncio.to_thread(_call, endpoint, lambda c: _unit_active(c, name, unit, timeout))
+
+
+async def server_info(endpoint: Endpoint) -> dict:
+    """GET /1.0 metadata: server version, clustering, environment (addresses)."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: c.api.get().json()["metadata"])
+
+
+def _image_exists(client: pylxd.Client, image: str) -> bool:
+    if ":" in image:  # "remote:alias" is resolved by the provider, not by this client
+        return True
+    if client.images.exists(image, alias=True):
+        return True
+    return len(image) >= 12 and client.images.exists(image)
+
+
+async def image_exists(endpoint: Endpoint, image: str) -> bool:
+    """Whether `image` is an alias or fingerprint on the LXD server."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: _image_exists(c, image))
+
+
+def _delete_instance(client: pylxd.Client, name: str) -> bool:
+    try:
+        inst = client.instances.get(name)
+    except NotFound:
+        return False
+    if inst.status != "Stopped":
+        inst.stop(force=True, wait=True)
+    inst.delete(wait=True)
+    return True
+
+
+async def delete_instance(endpoint: Endpoint, name: str) -> bool:
+    """Force-stop and delete an instance; False when it did not exist."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: _delete_instance(c, name))

@@ -1,0 +1,67 @@
+"""Host ports for the proxy devices that expose servers, allocated without collisions.
+
+A port is held from allocation until its server stops; ports of servers found again after a
+hub restart are claimed from their saved state. A candidate is also test-bound on this host
+when the listen address is local, so a port some other program uses is skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import threading
+
+
+class NoFreePort(RuntimeError):
+    """Every port in the configured range is taken."""
+
+
+def _is_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _bindable(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+class PortAllocator:
+    def __init__(self):
+        self._taken: set[tuple[str, int]] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, address: str, port: int) -> None:
+        with self._lock:
+            self._taken.add((address, int(port)))
+
+    def release(self, address: str, port: int | None) -> None:
+        if port is None:
+            return
+        with self._lock:
+            self._taken.discard((address, int(port)))
+
+    def allocate(self, address: str, low: int, high: int) -> int:
+        candidates = list(range(low, high + 1))
+        random.shuffle(candidates)
+        check = _is_local(address)
+        with self._lock:
+            for port in candidates:
+                if (address, port) in self._taken:
+                    continue
+                if check and not _bindable(address, port):
+                    continue
+                self._taken.add((address, port))
+                return port
+        raise NoFreePort(f"no free port in {low}-{high} on {address}; widen proxy_port_range")
+
+
+ports = PortAllocator()

@@ -1,0 +1,564 @@
+"""LxdSpawner: JupyterHub's lifecycle (start, poll, stop, state, progress) as glue.
+
+Terraform runs live in `terraform`, the workspace on disk in `workspace`, LXD queries in `lxd`,
+member choice in `placement`, names in `naming`, host ports in `ports`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from jupyterhub.spawner import Spawner
+from jupyterhub.utils import maybe_future
+from traitlets import Any, Bool, Callable, Dict, Enum, Int, List, Tuple, Unicode, Union, default
+
+from . import lxd, naming
+from .placement import least_loaded, reservations
+from .ports import ports
+from .terraform import TerraformError, TerraformRunner, concurrency_gate
+from .workspace import SECRET_INPUTS, Workspace, render_root, workspace_path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_module_source() -> str:
+    """The notebook module shipped in the wheel (or, in a source checkout, the repository's)."""
+    packaged = PACKAGE_DIR / "modules" / "notebook"
+    if packaged.is_dir():
+        return str(packaged)
+    return str(PACKAGE_DIR.parent / "terraform" / "modules" / "notebook")
+
+
+class SpawnError(RuntimeError):
+    """A start failed for a reason the user should read (shown on the spawn page)."""
+
+
+class LxdSpawner(Spawner):
+    """One LXD container per JupyterHub server, made and destroyed by Terraform."""
+
+    # ---- seed-compatible configuration ------------------------------------------------------
+    image = Unicode(
+        "jupyter-notebook",
+        help="""LXD image (alias or fingerprint) the container is made from. It must contain the
+        single-user server and the `jupyterhub-singleuser.service` unit (see image/ in the
+        repository for the recipe).""",
+    ).tag(config=True)
+
+    files_to_push = List(
+        [],
+        help="""Files copied from the hub host into the container before it starts, as
+        [host_src, container_dst] pairs, e.g. [["/etc/passwd", "/etc/passwd"]].
+        {username} and {servername} expand in both paths. A missing source is an error.""",
+    ).tag(config=True)
+
+    filesystems_to_mount = List(
+        [],
+        help="""Host directories mounted into the container, as [name, host_dir, container_path]
+        triples, e.g. [["home", "/srv/homes/{username}", "/home/{username}"]]. {username} and
+        {servername} expand in the paths. The host directory must exist on the member.""",
+    ).tag(config=True)
+
+    privileged_container = Bool(
+        False,
+        help="""Run containers privileged (security.privileged). Only needed when pushed
+        /etc/passwd or mounts must see host ids unmapped; unprivileged is much safer.""",
+    ).tag(config=True)
+
+    process_limit = Int(
+        0,
+        help="Maximum number of processes in a container (LXD limits.processes); 0 for no limit.",
+    ).tag(config=True)
+
+    host_weights = Dict(
+        {},
+        help="""Placement weight per cluster member name (default 1). A member's score is its
+        weight divided by its load, so weight 2 takes about twice the servers of weight 1;
+        weight 0 takes none.""",
+    ).tag(config=True)
+
+    get_uid_gid = Callable(
+        None,
+        allow_none=True,
+        help="""Callable(spawner) -> (uid, gid), may be async: the ids the user's account gets
+        inside the container, so files in mounted directories belong to the right host ids.
+        None: the user's ids on the hub host when the account exists there, else 1000:1000.""",
+    ).tag(config=True)
+
+    # ---- Terraform ------------------------------------------------------------------------------
+    terraform_path = Unicode(
+        "terraform",
+        help="The Terraform binary to run: `terraform`, `tofu`, or an absolute path to either.",
+    ).tag(config=True)
+
+    terraform_cli_config = Unicode(
+        "",
+        help="""Terraform CLI configuration file (TF_CLI_CONFIG_FILE) for every run, e.g. one whose
+        provider_installation points at a local filesystem_mirror. Empty: inherit the hub's
+        environment.""",
+    ).tag(config=True)
+
+    module_source = Unicode(
+        help="""Source of the Terraform module that makes one server (a local path or any module
+        address Terraform accepts). Default: the notebook module shipped with this package. An
+        operator's own module must accept the same inputs and give the same outputs.""",
+    ).tag(config=True)
+
+    @default("module_source")
+    def _default_module_source(self):
+        return default_module_source()
+
+    module_variables = Union(
+        [Dict(), Callable()],
+        default_value={},
+        help="""Extra inputs for the module, as a dict or a callable(spawner) -> dict (may be
+        async), e.g. {"profiles": ["default", "gpu"]}. They override the spawner's own inputs.""",
+    ).tag(config=True)
+
+    state_dir = Unicode(
+        "tf-lxd-spawner-state",
+        help="""Directory holding one Terraform workspace per server, <state_dir>/<user>/<server>/:
+        state, inputs, run logs and audit.jsonl. Relative paths are relative to the hub's working
+        directory. Keep it: it is the audit record and what a restarted hub finds servers by.""",
+    ).tag(config=True)
+
+    terraform_concurrency = Int(
+        4,
+        help="""Most terraform processes the hub runs at once (all users together). Further
+        spawns and stops wait their turn.""",
+    ).tag(config=True)
+
+    provider_refresh_interval = Unicode(
+        "250ms",
+        help="""The LXD provider's polling interval while an instance changes state. The
+        provider's own default (10s) adds up to 10 s to every spawn and stop.""",
+    ).tag(config=True)
+
+    # ---- LXD ------------------------------------------------------------------------------------
+    lxd_endpoint = Unicode(
+        "",
+        help="LXD API endpoint: empty for the local unix socket, or an https:// URL of a remote server or cluster.",
+    ).tag(config=True)
+
+    lxd_cert = Unicode("", help="Client certificate (PEM file) for an https lxd_endpoint.").tag(config=True)
+    lxd_key = Unicode("", help="Client key (PEM file) for an https lxd_endpoint.").tag(config=True)
+    lxd_verify = Union(
+        [Bool(), Unicode()],
+        default_value=True,
+        help="For an https lxd_endpoint: True to verify with system CAs, a CA or server certificate file to pin, or False.",
+    ).tag(config=True)
+
+    lxd_profiles = List(
+        ["default"],
+        help="LXD profiles for every container, in order. The first must provide the root disk.",
+    ).tag(config=True)
+
+    placement = Union(
+        [Enum(["least-loaded", "lxd"]), Callable()],
+        default_value="least-loaded",
+        help="""Which cluster member gets a new server: "least-loaded" (online members scored by
+        host_weights / load, counting spawns in flight), "lxd" (LXD's own scheduler), or a
+        callable(spawner, members) -> member name. Ignored on a standalone LXD server.""",
+    ).tag(config=True)
+
+    connect_via = Enum(
+        ["proxy", "instance-ip"],
+        "proxy",
+        help="""How the hub reaches a server: "proxy" (an LXD proxy device on the member's address,
+        works with no network in the container) or "instance-ip" (the container's own IPv4 on a
+        bridge the hub can route to).""",
+    ).tag(config=True)
+
+    proxy_port_range = Tuple(
+        Int(),
+        Int(),
+        default_value=(20000, 29999),
+        help="Host ports for the proxy devices that expose servers (connect_via = \"proxy\"), inclusive.",
+    ).tag(config=True)
+
+    server_port = Int(8888, help="Port the single-user server listens on inside the container.").tag(config=True)
+
+    instance_name_template = Unicode(
+        "jupyter-{username}-{servername}",
+        help="""Template of instance names ({username}, {servername}). Results are made valid for
+        LXD (letters, digits, hyphens, at most 63) with a short hash added whenever that changed
+        the name, so names stay unique.""",
+    ).tag(config=True)
+
+    # ---- runtime state (not configuration) ------------------------------------------------------
+    instance = Unicode("")
+    member = Unicode("")
+    workspace = Unicode("")
+    url = Unicode("")
+    listen_address = Unicode("")
+    listen_port = Any(None, allow_none=True)
+
+    @default("cmd")
+    def _default_cmd(self):
+        return ["jupyterhub-singleuser"]
+
+    # ---- helpers ----------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> lxd.Endpoint:
+        return lxd.Endpoint(
+            url=self.lxd_endpoint or None,
+            cert=self.lxd_cert or None,
+            key=self.lxd_key or None,
+            verify=self.lxd_verify,
+        )
+
+    @property
+    def runner(self) -> TerraformRunner:
+        env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
+        return TerraformRunner(self.terraform_path, env=env, gate=concurrency_gate(self.terraform_concurrency))
+
+    def _workspace(self) -> Workspace:
+        if self.workspace:
+            return Workspace(self.workspace)
+        return Workspace(workspace_path(os.path.abspath(self.state_dir), self.user.name, self.name or ""))
+
+    def _expand(self, text: str) -> str:
+        return text.format(username=self.user.name, servername=self.name or "")
+
+    def _instance_name(self) -> str:
+        template = self.instance_name_template
+        if not self.name:
+            template = template.replace("{servername}", "").rstrip("-_")
+        return naming.instance_name(template, self.user.name, self.name or "")
+
+    def _emit(self, progress: int, message: str) -> None:
+        self._events.append({"progress": progress, "message": message})
+        self._events_changed.set()
+
+    async def _uid_gid(self) -> tuple[int, int]:
+        if self.get_uid_gid is not None:
+            uid, gid = await maybe_future(self.get_uid_gid(self))
+            return int(uid), int(gid)
+        import pwd
+
+        try:
+            pw = await asyncio.to_thread(pwd.getpwnam, self.user.name)
+            return pw.pw_uid, pw.pw_gid
+        except KeyError:
+            return 1000, 1000
+
+    def _hub_address(self) -> tuple[str, int, str]:
+        """(host, port) of the hub API as the member sees it, and the API URL as the container
+        sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device."""
+        api = urlparse(self.hub_connect_url or self.hub.api_url)
+        port = api.port or (443 if api.scheme == "https" else 80)
+        inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port}", path=urlparse(self.hub.api_url).path))
+        return api.hostname or "127.0.0.1", port, inside
+
+    def _container_env(self, api_url_inside: str) -> dict[str, str]:
+        env = self.get_env()
+        env["JUPYTERHUB_API_URL"] = api_url_inside
+        env["JUPYTERHUB_ACTIVITY_URL"] = "/".join(
+            [api_url_inside.rstrip("/"), "users", getattr(self.user, "escaped_name", self.user.name), "activity"]
+        )
+        return {str(k): str(v) for k, v in env.items()}
+
+    def _files(self) -> list[dict]:
+        files = []
+        for entry in self.files_to_push:
+            src, dst = (self._expand(p) for p in entry)
+            if not os.path.isfile(src):
+                raise SpawnError(f"files_to_push: source {src!r} does not exist on the hub host")
+            files.append({"target_path": dst, "source": os.path.abspath(src), "mode": "0644"})
+        return files
+
+    def _disks(self) -> list[dict]:
+        disks = []
+        for name, host_dir, path in self.filesystems_to_mount:
+            disks.append({"name": self._expand(name), "source": self._expand(host_dir), "path": self._expand(path)})
+        return disks
+
+    async def _module_inputs(self, target: str | None, listen_address: str, listen_port: int | None) -> dict:
+        uid, gid = await self._uid_gid()
+        account = naming.posix_username(self.user.name)
+        hub_host, hub_port, _ = self._hub_address()
+        limits = {}
+        if self.mem_limit:
+            limits["memory"] = str(int(self.mem_limit))
+        if self.cpu_limit:
+            limits["cpu.allowance"] = f"{int(round(self.cpu_limit * 100))}%"
+        if self.process_limit:
+            limits["processes"] = str(self.process_limit)
+        inputs = {
+            "name": self.instance,
+            "image": self.image,
+            "target": target,
+            "profiles": list(self.lxd_profiles),
+            "user": {"name": account, "uid": uid, "gid": gid, "home": f"/home/{account}"},
+            "server_cmd": list(self.cmd) + list(self.get_args()),
+            "server_port": self.server_port,
+            "connect_via": self.connect_via,
+            "listen_address": listen_address,
+            "listen_port": listen_port,
+            "hub_address": hub_host,
+            "hub_port": hub_port,
+            "files": self._files(),
+            "disks": self._disks(),
+            "limits": limits,
+            "privileged": bool(self.privileged_container),
+            "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path)},
+        }
+        extra = self.module_variables
+        if callable(extra):
+            extra = await maybe_future(extra(self))
+        inputs.update(extra or {})
+        return inputs
+
+    async def _place(self) -> str | None:
+        """The member to create the server on; None lets LXD choose (or standalone LXD)."""
+        members = await lxd.members(self.endpoint)
+        if not members or self.placement == "lxd":
+            return None
+        if callable(self.placement):
+            return await maybe_future(self.placement(self, members))
+        load = await lxd.instance_counts(self.endpoint)
+        load.update(reservations.snapshot())
+        return least_loaded(members, load, self.host_weights)
+
+    def _on_terraform_event(self, event: dict) -> None:
+        kind = event.get("type")
+        hook = event.get("hook") or {}
+        addr = (hook.get("resource") or {}).get("addr", "")
+        where = f" on {self._target}" if self._target else ""
+        if kind == "apply_start" and "lxd_container" in addr:
+            self._apply_started = time.monotonic()
+            action = "Removing" if hook.get("action") == "delete" else "Creating"
+            self._emit(40, f"{action} instance {self.instance}{where}")
+        elif kind == "apply_complete" and "lxd_container" in addr:
+            self._apply_started = None
+            self._emit(85, f"Instance {self.instance} is running{where} ({hook.get('elapsed_seconds', 0)} s)")
+        elif kind == "apply_errored":
+            self._emit(85, f"Terraform failed on {addr}: {event.get('@message', '')}")
+        elif kind == "diagnostic" and (event.get("diagnostic") or {}).get("severity") == "error":
+            self._emit(85, f"Terraform error: {event['diagnostic'].get('summary', '')}")
+
+    async def _tick_while_creating(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            if self._apply_started is not None:
+                elapsed = time.monotonic() - self._apply_started
+                pct = 40 + min(int(elapsed * 4), 40)
+                self._emit(pct, f"Creating instance {self.instance}: {elapsed:.0f} s elapsed")
+
+    # ---- JupyterHub lifecycle ---------------------------------------------------------------
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._events: list[dict] = []
+        self._events_changed = asyncio.Event()
+        self._spawn_done = True
+        self._start_task: asyncio.Task | None = None
+        self._apply_started: float | None = None
+        self._target: str | None = None
+
+    async def start(self):
+        self._events = []
+        self._spawn_done = False
+        self._start_task = asyncio.ensure_future(self._start())
+        try:
+            return await self._start_task
+        finally:
+            self._spawn_done = True
+            self._events_changed.set()
+
+    async def _start(self) -> str:
+        began = time.monotonic()
+        ws = self._workspace()
+        self.workspace = str(ws.path)
+        self.instance = self.instance or self._instance_name()
+        self._emit(5, f"Preparing workspace for {self.instance}")
+        async with ws.lock():
+            if not await lxd.image_exists(self.endpoint, self.image):
+                raise SpawnError(f"image {self.image!r} does not exist on the LXD server")
+            self._target = await self._place()
+            with reservations.hold(self._target):
+                return await self._create(ws, began)
+
+    async def _create(self, ws: Workspace, began: float) -> str:
+        listen_address = "127.0.0.1"
+        if self.connect_via == "proxy" and self._target:
+            members = {m.name: m for m in await lxd.members(self.endpoint)}
+            listen_address = members[self._target].address or listen_address
+        listen_port = None
+        if self.connect_via == "proxy":
+            listen_port = ports.allocate(listen_address, *self.proxy_port_range)
+        self.listen_address, self.listen_port = listen_address, listen_port
+        self.ip, self.port = "127.0.0.1", self.server_port  # where the server binds, inside
+        _, _, api_inside = self._hub_address()
+        secrets = {"TF_VAR_server_environment": json.dumps(self._container_env(api_inside))}
+        record = {"operation": "start", "user": self.user.name, "server": self.name or "",
+                  "instance": self.instance, "image": self.image}
+        ticker = None
+        try:
+            inputs = await self._module_inputs(self._target, listen_address, listen_port)
+            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], self._provider_settings())
+            if await ws.prepare(main_tf, inputs):
+                self._emit(10, "Initialising Terraform")
+                await self.runner.run("init", cwd=ws.path, log_path=ws.run_log("init"))
+                await ws.mark_initialised(main_tf)
+            await self._remove_stray_instance(ws)
+            self._emit(30, f"Applying the notebook module for {self.instance}")
+            ticker = asyncio.ensure_future(self._tick_while_creating())
+            await self.runner.run("apply", cwd=ws.path, env=secrets, on_event=self._on_terraform_event,
+                                  log_path=ws.run_log("apply"))
+            outputs = await self.runner.outputs(ws.path)
+        except BaseException as e:
+            if ticker:
+                ticker.cancel()
+            reason = "cancelled (timeout or stop)" if isinstance(e, asyncio.CancelledError) else str(e)
+            await asyncio.shield(self._clean_failed_start(ws, record, began, reason))
+            if isinstance(e, (TerraformError, SpawnError, asyncio.CancelledError)):
+                raise
+            raise SpawnError(f"starting {self.instance} failed: {e}") from e
+        ticker.cancel()
+        self.member = outputs.get("location") or self._target or ""
+        self.url = f"http://{outputs['connect_address']}:{outputs['connect_port']}"
+        await ws.audit({**record, "member": self.member, "outcome": "ok", "url": self.url,
+                        "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+        self._emit(90, f"Waiting for the server at {self.url}")
+        return self.url
+
+    async def _remove_stray_instance(self, ws: Workspace) -> None:
+        """An instance with our name that the state does not hold (a hub killed mid-apply) is
+        ours to remove: it carries our managed label and this workspace's path."""
+        if ws.state_resources():
+            return
+        info = await lxd.instance(self.endpoint, self.instance)
+        if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
+            self.log.warning("Removing stray instance %s left by an interrupted run", self.instance)
+            await lxd.delete_instance(self.endpoint, self.instance)
+
+    async def _clean_failed_start(self, ws: Workspace, record: dict, began: float, reason: str) -> None:
+        """Destroy whatever a failed start made, so no container or port is left behind."""
+        self.log.error("Start of %s failed: %s", self.instance, reason)
+        try:
+            await self._destroy(ws)
+        except Exception as e:  # recorded; the original failure is what the user sees
+            self.log.error("Cleaning up %s after a failed start also failed: %s", self.instance, e)
+        ports.release(self.listen_address, self.listen_port)
+        self.listen_port = None
+        await ws.audit({**record, "member": self._target or "", "outcome": "failed", "error": reason,
+                        "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+
+    async def _destroy(self, ws: Workspace) -> None:
+        if ws.tfvars.exists() and (ws.path / ".terraform").exists():
+            # Destroy needs every root variable; the secret one is not needed to delete anything.
+            await self.runner.run("destroy", cwd=ws.path, env={"TF_VAR_server_environment": "{}"},
+                                  log_path=ws.run_log("destroy"))
+        if self.instance:
+            info = await lxd.instance(self.endpoint, self.instance)
+            if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
+                await lxd.delete_instance(self.endpoint, self.instance)
+
+    def _provider_settings(self) -> dict:
+        settings = {"refresh_interval": self.provider_refresh_interval, "remote": None, "config_dir": None}
+        return settings
+
+    _tool_versions: dict | None = None
+
+    async def _versions(self, ws: Workspace) -> dict:
+        if LxdSpawner._tool_versions is None:
+            info = await self.runner.version()
+            LxdSpawner._tool_versions = {"terraform_version": info.get("terraform_version", "")}
+        providers = await asyncio.to_thread(ws.provider_versions)
+        return {**LxdSpawner._tool_versions, "providers": providers}
+
+    async def progress(self):
+        seen = 0
+        while True:
+            while seen < len(self._events):
+                yield self._events[seen]
+                seen += 1
+            if self._spawn_done:
+                return
+            self._events_changed.clear()
+            try:
+                await asyncio.wait_for(self._events_changed.wait(), 1)
+            except asyncio.TimeoutError:
+                pass
+
+    async def poll(self):
+        if not self.instance:
+            return 0
+        if self._start_task is not None and not self._start_task.done():
+            return None
+        try:
+            info = await lxd.instance(self.endpoint, self.instance)
+            if info is None:
+                return 1
+            if info.status != "Running":
+                return 1
+            if info.location:
+                self.member = info.location
+            if not await lxd.unit_active(self.endpoint, self.instance):
+                return 1
+        except lxd.LxdUnavailable as e:
+            # Cannot tell: do not declare a server dead because LXD is briefly unreachable.
+            self.log.warning("poll(%s): %s", self.instance, e)
+            return None
+        return None
+
+    async def stop(self, now=False):
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            try:
+                await self._start_task
+            except BaseException:
+                pass
+        ws = self._workspace()
+        began = time.monotonic()
+        record = {"operation": "stop", "user": self.user.name, "server": self.name or "",
+                  "instance": self.instance, "member": self.member, "image": self.image}
+        async with ws.lock():
+            try:
+                await self._destroy(ws)
+            except Exception as e:
+                await ws.audit({**record, "outcome": "failed", "error": str(e),
+                                "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+                raise
+            await ws.audit({**record, "outcome": "ok", "duration": round(time.monotonic() - began, 3),
+                            **await self._versions(ws)})
+        ports.release(self.listen_address, self.listen_port)
+        self.listen_port = None
+        self.url = ""
+
+    # ---- state ------------------------------------------------------------------------------
+    def get_state(self):
+        state = super().get_state()
+        if self.instance:
+            state.update(
+                instance=self.instance,
+                member=self.member,
+                workspace=self.workspace,
+                url=self.url,
+                listen_address=self.listen_address,
+                listen_port=self.listen_port,
+            )
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.instance = state.get("instance", "")
+        self.member = state.get("member", "")
+        self.workspace = state.get("workspace", "")
+        self.url = state.get("url", "")
+        self.listen_address = state.get("listen_address", "")
+        self.listen_port = state.get("listen_port")
+        if self.listen_port:
+            ports.claim(self.listen_address, self.listen_port)
+
+    def clear_state(self):
+        super().clear_state()
+        self.instance = ""
+        self.member = ""
+        self.url = ""
+        self.listen_address = ""
+        self.listen_port = None

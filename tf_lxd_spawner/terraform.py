@@ -1,0 +1,224 @@
+"""Async runner for terraform or tofu: one subprocess per command, `-json` events streamed.
+
+Why not python-terraform: it blocks the event loop, cannot stream, and passes flags Terraform
+removed long ago. This runner never blocks the hub: the process is an asyncio subprocess, every
+machine-readable event is handed to a callback as it arrives and appended to a run log, and a
+cancelled run is interrupted (so Terraform writes its state and releases its lock) before it is
+killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Event = dict
+EventCallback = Callable[[Event], None]
+
+_gates: dict[int, asyncio.Semaphore] = {}
+
+
+def concurrency_gate(limit: int) -> asyncio.Semaphore:
+    """The hub-wide semaphore for `limit` simultaneous terraform processes (one per limit value)."""
+    if limit < 1:
+        raise ValueError(f"terraform_concurrency must be at least 1, not {limit}")
+    gate = _gates.get(limit)
+    if gate is None:
+        gate = _gates[limit] = asyncio.Semaphore(limit)
+    return gate
+
+
+class TerraformError(RuntimeError):
+    """A terraform command failed; the message carries Terraform's own error summaries."""
+
+    def __init__(self, command: str, returncode: int | None, errors: list[str], stderr: str = ""):
+        self.command = command
+        self.returncode = returncode
+        self.errors = errors
+        self.stderr = stderr
+        stderr_lines = stderr.strip().splitlines()
+        detail = "; ".join(errors) or (stderr_lines[-1] if stderr_lines else "")
+        how = "was killed" if returncode is not None and returncode < 0 else f"exited {returncode}"
+        super().__init__(f"terraform {command} {how}" + (f": {detail}" if detail else ""))
+
+
+@dataclass
+class RunResult:
+    command: str
+    returncode: int
+    duration: float
+    events: list[Event] = field(default_factory=list)
+    stdout: str = ""
+
+
+def diagnostic_errors(events: list[Event]) -> list[str]:
+    """Error summaries (with detail) from Terraform's `diagnostic` events."""
+    errors = []
+    for ev in events:
+        if ev.get("type") != "diagnostic":
+            continue
+        diag = ev.get("diagnostic") or {}
+        if diag.get("severity") != "error":
+            continue
+        text = diag.get("summary") or ev.get("@message", "")
+        if diag.get("detail"):
+            text = f"{text}: {diag['detail']}"
+        errors.append(" ".join(text.split()))
+    return errors
+
+
+class TerraformRunner:
+    """Runs one binary (`terraform` or `tofu`) in workspaces, under a hub-wide concurrency gate."""
+
+    #: Commands whose stdout is a stream of JSON events (one per line).
+    STREAMING = {"init", "apply", "destroy", "plan"}
+
+    def __init__(
+        self,
+        binary: str = "terraform",
+        env: Mapping[str, str] | None = None,
+        gate: asyncio.Semaphore | None = None,
+        interrupt_grace: float = 30.0,
+    ):
+        self.binary = binary
+        self.env = dict(env or {})
+        self.gate = gate
+        self.interrupt_grace = interrupt_grace
+
+    def _environ(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(extra or {})
+        env["CHECKPOINT_DISABLE"] = "1"  # never phone home
+        env["TF_IN_AUTOMATION"] = "1"
+        env.setdefault("TF_INPUT", "0")
+        return env
+
+    def argv(self, command: str, *args: str) -> list[str]:
+        argv = [self.binary, command]
+        if command in ("apply", "destroy"):
+            argv += ["-auto-approve", "-input=false", "-json"]
+        elif command == "init":
+            argv += ["-input=false", "-json"]
+        elif command in ("output", "version"):
+            argv += ["-json"]
+        return argv + list(args)
+
+    async def run(
+        self,
+        command: str,
+        *args: str,
+        cwd: str | Path,
+        env: Mapping[str, str] | None = None,
+        on_event: EventCallback | None = None,
+        log_path: str | Path | None = None,
+        check: bool = True,
+    ) -> RunResult:
+        """Run `binary command args` in cwd; stream its events; raise TerraformError on failure.
+
+        `env` is where secrets go (TF_VAR_*): never into argv, which every local user can read.
+        """
+        if self.gate is not None:
+            async with self.gate:
+                return await self._run(command, args, cwd, env, on_event, log_path, check)
+        return await self._run(command, args, cwd, env, on_event, log_path, check)
+
+    async def _run(self, command, args, cwd, env, on_event, log_path, check) -> RunResult:
+        argv = self.argv(command, *args)
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd),
+                env=self._environ(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
+            )
+        except FileNotFoundError:
+            raise TerraformError(
+                command, None, [f"terraform_path {self.binary!r} was not found (is it installed and on PATH?)"]
+            ) from None
+        log = _open_log(log_path) if log_path else None
+        events: list[Event] = []
+        stdout_lines: list[str] = []
+        stderr_task = asyncio.ensure_future(proc.stderr.read())
+        try:
+            async for raw in proc.stdout:
+                line = raw.decode("utf-8", "replace")
+                if log:
+                    log.write(line if line.endswith("\n") else line + "\n")
+                    log.flush()
+                if command not in self.STREAMING:
+                    stdout_lines.append(line)
+                    continue
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                events.append(event)
+                if on_event:
+                    on_event(event)
+            returncode = await proc.wait()
+            stderr = (await stderr_task).decode("utf-8", "replace")
+        except asyncio.CancelledError:
+            await self._interrupt(proc)
+            stderr_task.cancel()
+            raise
+        finally:
+            if log:
+                log.close()
+        result = RunResult(command, returncode, time.monotonic() - started, events, "".join(stdout_lines))
+        if check and returncode != 0:
+            raise TerraformError(command, returncode, diagnostic_errors(events), stderr)
+        return result
+
+    async def _interrupt(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGINT first (Terraform then saves state and unlocks), SIGKILL after the grace period."""
+        if proc.returncode is not None:
+            return
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self.interrupt_grace)
+        except asyncio.TimeoutError:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+
+    async def outputs(self, cwd: str | Path, env: Mapping[str, str] | None = None) -> dict:
+        """The root module's outputs as {name: value}."""
+        result = await self.run("output", cwd=cwd, env=env)
+        raw = json.loads(result.stdout or "{}")
+        return {name: item.get("value") for name, item in raw.items()}
+
+    async def version(self) -> dict:
+        """`version -json` of the binary: {"terraform_version": ..., ...}; {} when it cannot run."""
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv("version"),
+            env=self._environ(None),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {}
+
+
+def _open_log(path: str | Path):
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
