@@ -402,13 +402,12 @@ class LxdSpawner(Spawner):
             main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], self._provider_settings())
             if await ws.prepare(main_tf, inputs):
                 self._emit(10, "Initialising Terraform")
-                await self.runner.run("init", cwd=ws.path, log_path=ws.run_log("init"))
+                await self._terraform(ws, "init")
                 await ws.mark_initialised(main_tf)
             await self._remove_stray_instance(ws)
             self._emit(30, f"Applying the notebook module for {self.instance}")
             ticker = asyncio.ensure_future(self._tick_while_creating())
-            await self.runner.run("apply", cwd=ws.path, env=secrets, on_event=self._on_terraform_event,
-                                  log_path=ws.run_log("apply"))
+            await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
             outputs = await self.runner.outputs(ws.path)
         except BaseException as e:
             if ticker:
@@ -425,6 +424,13 @@ class LxdSpawner(Spawner):
                         "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
         self._emit(90, f"Waiting for the server at {self.url}")
         return self.url
+
+    async def _terraform(self, ws: Workspace, command: str, **kwargs) -> None:
+        """Run one terraform command in the workspace, logging its events; then re-seal modes."""
+        try:
+            await self.runner.run(command, cwd=ws.path, log_path=ws.run_log(command), **kwargs)
+        finally:
+            await ws.seal()
 
     async def _remove_stray_instance(self, ws: Workspace) -> None:
         """An instance with our name that the state does not hold (a hub killed mid-apply) is
@@ -451,8 +457,7 @@ class LxdSpawner(Spawner):
     async def _destroy(self, ws: Workspace) -> None:
         if ws.tfvars.exists() and (ws.path / ".terraform").exists():
             # Destroy needs every root variable; the secret one is not needed to delete anything.
-            await self.runner.run("destroy", cwd=ws.path, env={"TF_VAR_server_environment": "{}"},
-                                  log_path=ws.run_log("destroy"))
+            await self._terraform(ws, "destroy", env={"TF_VAR_server_environment": "{}"})
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
             if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):

@@ -141,6 +141,7 @@ class TerraformRunner:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
+                umask=0o077,  # state, plans and .terraform/ may hold secrets: owner-only
             )
         except FileNotFoundError:
             raise TerraformError(

@@ -172,6 +172,21 @@ class Workspace:
         """Append one record to audit.jsonl (append-only, fsync'd)."""
         return await asyncio.to_thread(self._audit, record)
 
+    def _seal(self) -> None:
+        for root, dirs, files in os.walk(self.path):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                if os.path.islink(path):
+                    continue  # the module and provider links point outside the workspace
+                mode = 0o700 if name in dirs else 0o600
+                if os.lstat(path).st_mode & 0o777 & ~mode:
+                    os.chmod(path, os.lstat(path).st_mode & mode)
+
+    async def seal(self) -> None:
+        """Take group and world access off everything in the workspace (Terraform writes its
+        lock file 0644 whatever the umask)."""
+        await asyncio.to_thread(self._seal)
+
     # -- reading ----------------------------------------------------------------------------
     def audit_records(self) -> list[dict]:
         try:

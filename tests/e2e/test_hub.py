@@ -1,0 +1,164 @@
+"""LxdSpawner through a real JupyterHub and configurable-http-proxy, with real containers
+running real Jupyter servers."""
+
+import json
+import os
+import stat
+import threading
+
+import pytest
+import requests
+
+from hubtools import CmdlineWatcher, Hub
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, lxd_client):
+    hub = Hub(tmp_path_factory.mktemp("hub")).start()
+    yield hub
+    for user in ("alice", "bob", "carol"):
+        hub.api("DELETE", f"/users/{user}/server")
+    for user in ("alice", "bob", "carol"):
+        try:
+            hub.wait_stopped(user)
+        except AssertionError:
+            pass
+    hub.stop()
+    # Safety net: nothing this hub made may survive the module.
+    for inst in lxd_client.instances.all():
+        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
+            inst.stop(force=True, wait=True) if inst.status != "Stopped" else None
+            inst.delete(wait=True)
+
+
+def instance_of(hub, user, server=""):
+    ws = hub.state_dir / user / (server or "_default")
+    records = [json.loads(line) for line in (ws / "audit.jsonl").read_text().splitlines()]
+    return ws, records
+
+
+def container_token(lxd_client, name):
+    return json.loads(lxd_client.instances.get(name).files.get("/etc/jupyterhub-singleuser/env.json"))[
+        "JUPYTERHUB_API_TOKEN"
+    ]
+
+
+def test_alice_spawns_and_runs_code_in_her_container(hub, lxd_client):
+    alice = hub.user_token("alice")
+    with CmdlineWatcher() as argv_seen:
+        r = hub.start_server("alice")
+        assert r.status_code in (201, 202), r.text
+        events = hub.progress_events("alice")
+        hub.wait_ready("alice")
+    messages = [e.get("message", "") for e in events]
+    assert any(m.startswith("Initialising Terraform") for m in messages), messages
+    assert any(m.startswith("Creating instance jupyter-alice") for m in messages), messages
+    assert any(m.startswith("Waiting for the server at http://127.0.0.1:") for m in messages), messages
+    assert events[-1].get("ready") is True
+
+    ws, records = instance_of(hub, "alice")
+    assert records[-1]["operation"] == "start" and records[-1]["outcome"] == "ok"
+    name = records[-1]["instance"]
+    assert name == "jupyter-alice"
+    assert lxd_client.instances.get(name).status == "Running"
+
+    # The API token never appeared in any process's argv, and only root can read it on disk.
+    token = container_token(lxd_client, name)
+    assert not any(token in argv for argv in argv_seen.seen)
+    for root, dirs, files in os.walk(ws):
+        for d in dirs:  # links (the module, the provider) point outside the workspace
+            if not os.path.islink(os.path.join(root, d)):
+                assert stat.S_IMODE(os.lstat(os.path.join(root, d)).st_mode) & 0o077 == 0, d
+        for f in files:
+            path = os.path.join(root, f)
+            if not os.path.islink(path):
+                assert stat.S_IMODE(os.lstat(path).st_mode) & 0o077 == 0, path
+    assert stat.S_IMODE(os.stat(ws).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(ws / "terraform.tfstate").st_mode) == 0o600
+    assert token not in (ws / "terraform.tfvars.json").read_text()
+
+    # Files through the contents API, served from inside the container.
+    base = hub.server_url("alice")
+    h = {"Authorization": f"token {alice}"}
+    r = requests.put(base + "api/contents/hello.txt", headers=h, timeout=30,
+                     json={"type": "file", "format": "text", "content": "hello from alice"})
+    assert r.status_code in (200, 201), r.text
+    r = requests.get(base + "api/contents/hello.txt", headers=h, timeout=30)
+    assert r.json()["content"] == "hello from alice"
+    inside = lxd_client.instances.get(name).files.get("/home/alice/hello.txt")
+    assert inside == b"hello from alice"
+
+    # Code really runs in her container.
+    out = hub.run_code("alice", alice, "import socket; print(socket.gethostname())")
+    assert out.strip() == name
+
+
+def test_hub_restart_finds_alice_without_respawn(hub, lxd_client):
+    ws, before = instance_of(hub, "alice")
+    name = before[-1]["instance"]
+    created = lxd_client.instances.get(name).created_at
+    hub.stop()
+    assert lxd_client.instances.get(name).status == "Running"
+    hub.start()
+    model = hub.wait_ready("alice", timeout=60)
+    assert model["url"] == "/user/alice/"
+    alice = hub.user_token("alice")
+    r = requests.get(hub.server_url("alice") + "api/contents/hello.txt",
+                     headers={"Authorization": f"token {alice}"}, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "hello from alice"
+    _, after = instance_of(hub, "alice")
+    assert after == before  # no new start, no stop
+    assert lxd_client.instances.get(name).created_at == created
+
+
+def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
+    ws, before = instance_of(hub, "alice")
+    name = before[-1]["instance"]
+    r = hub.api("DELETE", "/users/alice/server")
+    assert r.status_code in (202, 204), r.text
+    hub.wait_stopped("alice")
+    assert not lxd_client.instances.exists(name)
+    state = json.loads((ws / "terraform.tfstate").read_text())
+    assert state["resources"] == []
+    _, records = instance_of(hub, "alice")
+    assert [(r["operation"], r["outcome"]) for r in records] == [("start", "ok"), ("stop", "ok")]
+    for r in records:
+        assert r["user"] == "alice" and r["instance"] == name and r["image"] == "jupyter-notebook"
+        assert r["terraform_version"] and "lxd" in " ".join(r["providers"])
+        assert r["duration"] > 0
+    assert sorted(p.name.split("-", 1)[1] for p in (ws / "logs").iterdir()) == [
+        "apply.jsonl", "destroy.jsonl", "init.jsonl"]
+
+
+def test_two_users_at_once_each_reach_only_their_own(hub, lxd_client):
+    tokens = {u: hub.user_token(u) for u in ("bob", "carol")}
+    for u in tokens:
+        assert hub.start_server(u).status_code in (201, 202)
+    threads = [threading.Thread(target=hub.wait_ready, args=(u,)) for u in tokens]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    names = {}
+    for u, token in tokens.items():
+        hub.wait_ready(u)
+        names[u] = hub.run_code(u, token, "import socket; print(socket.gethostname())").strip()
+    assert names == {"bob": "jupyter-bob", "carol": "jupyter-carol"}
+    assert lxd_client.instances.get("jupyter-bob").status == "Running"
+    assert lxd_client.instances.get("jupyter-carol").status == "Running"
+    # bob's token does not open carol's server, and the other way round.
+    r = requests.get(hub.server_url("carol") + "api/contents", headers={"Authorization": f"token {tokens['bob']}"},
+                     timeout=30, allow_redirects=False)
+    assert r.status_code in (302, 403), r.status_code
+    r = requests.get(hub.server_url("bob") + "api/contents", headers={"Authorization": f"token {tokens['carol']}"},
+                     timeout=30, allow_redirects=False)
+    assert r.status_code in (302, 403), r.status_code
+    r = requests.get(hub.server_url("bob") + "api/contents", headers={"Authorization": f"token {tokens['bob']}"},
+                     timeout=30)
+    assert r.status_code == 200
+    for u in tokens:
+        hub.api("DELETE", f"/users/{u}/server")
+    for u in tokens:
+        hub.wait_stopped(u)
+    assert not lxd_client.instances.exists("jupyter-bob")
+    assert not lxd_client.instances.exists("jupyter-carol")

@@ -1,0 +1,225 @@
+"""A real JupyterHub process (with configurable-http-proxy) configured with this spawner."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import websocket
+
+from conftest import CACHE, REPO, free_port
+
+CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
+class Hub:
+    def __init__(self, workdir: Path, extra_config: str = ""):
+        self.workdir = workdir
+        self.port = free_port()
+        self.hub_port = free_port()
+        self.proxy_api_port = free_port()
+        self.token = uuid.uuid4().hex
+        self.state_dir = workdir / "state"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "hub.log"
+        (workdir / "jupyterhub_config.py").write_text(self._config(extra_config))
+
+    def _config(self, extra: str) -> str:
+        return textwrap.dedent(f"""
+            c = get_config()  # noqa
+            c.JupyterHub.spawner_class = "tf-lxd"
+            c.JupyterHub.authenticator_class = "dummy"
+            c.Authenticator.allow_all = True
+            c.JupyterHub.ip = "127.0.0.1"
+            c.JupyterHub.port = {self.port}
+            c.JupyterHub.hub_ip = "127.0.0.1"
+            c.JupyterHub.hub_port = {self.hub_port}
+            c.JupyterHub.db_url = "sqlite:///{self.workdir}/jupyterhub.sqlite"
+            c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
+            c.JupyterHub.cleanup_servers = False
+            c.ConfigurableHTTPProxy.command = ["{CHP}"]
+            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+            c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
+            c.JupyterHub.services = [{{"name": "tester", "api_token": "{self.token}"}}]
+            c.JupyterHub.load_roles = [{{"name": "tester", "services": ["tester"],
+                "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users"]}}]
+            c.LxdSpawner.state_dir = "{self.state_dir}"
+            c.LxdSpawner.terraform_cli_config = "{CACHE}/terraform/cli.tfrc"
+            c.Spawner.start_timeout = 180
+            c.Spawner.http_timeout = 90
+            c.Spawner.default_url = "/lab"
+            # Answer a start request at once (202), so the test watches the whole spawn.
+            c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+        """) + textwrap.dedent(extra)
+
+    # -- process --------------------------------------------------------------------------------
+    def start(self):
+        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
+            cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"hub exited:\n{self.log_tail()}"
+            try:
+                if requests.get(f"{self.url}/hub/api/", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"hub did not come up:\n{self.log_tail()}")
+
+    def stop(self):
+        """SIGTERM the hub (it stops its proxy); servers keep running (cleanup_servers=False)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, n=60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    # -- REST API ---------------------------------------------------------------------------------
+    def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {token or self.token}"}
+        return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kw)
+
+    def user_token(self, user: str) -> str:
+        self.api("POST", f"/users/{user}")  # exists afterwards (409 when it already did)
+        r = self.api("POST", f"/users/{user}/tokens", json={"note": "test"})
+        r.raise_for_status()
+        return r.json()["token"]
+
+    def start_server(self, user: str, server: str = "", options: dict | None = None) -> requests.Response:
+        self.api("POST", f"/users/{user}")
+        path = f"/users/{user}/servers/{server}" if server else f"/users/{user}/server"
+        return self.api("POST", path, json=options or {})
+
+    def server_model(self, user: str, server: str = "") -> dict | None:
+        r = self.api("GET", f"/users/{user}")
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        return r.json().get("servers", {}).get(server)
+
+    def wait_ready(self, user: str, server: str = "", timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.server_model(user, server)
+            if model and model.get("ready"):
+                return model
+            if model is None or not model.get("pending") and not model.get("ready"):
+                # not pending and not ready: the spawn ended without a server
+                if model is None:
+                    raise AssertionError(f"{user}/{server} has no server:\n{self.log_tail()}")
+            time.sleep(0.25)
+        raise AssertionError(f"{user}/{server} not ready after {timeout}s:\n{self.log_tail()}")
+
+    def wait_stopped(self, user: str, server: str = "", timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server_model(user, server) is None:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{user}/{server} did not stop:\n{self.log_tail()}")
+
+    def progress_events(self, user: str, server: str = "") -> list[dict]:
+        """Read the spawn's progress event stream to its end (the hub closes it when ready)."""
+        path = f"/users/{user}/servers/{server}/progress" if server else f"/users/{user}/server/progress"
+        events = []
+        with requests.get(f"{self.url}/hub/api{path}", headers={"Authorization": f"token {self.token}"},
+                          stream=True, timeout=180) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+        return events
+
+    # -- the user's server, through the proxy -----------------------------------------------------------
+    def server_url(self, user: str, server: str = "") -> str:
+        return f"{self.url}/user/{user}/{server + '/' if server else ''}"
+
+    def run_code(self, user: str, token: str, code: str, server: str = "", timeout: float = 60) -> str:
+        """Start a kernel, execute `code` over the kernel's websocket, return its stdout."""
+        base = self.server_url(user, server)
+        headers = {"Authorization": f"token {token}"}
+        r = requests.post(base + "api/kernels", headers=headers, json={"name": "python3"}, timeout=60)
+        r.raise_for_status()
+        kernel = r.json()["id"]
+        ws = websocket.create_connection(
+            base.replace("http://", "ws://") + f"api/kernels/{kernel}/channels",
+            header=[f"Authorization: token {token}"], timeout=timeout,
+        )
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": user,
+                           "session": uuid.uuid4().hex, "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell",
+                "content": {"code": code, "silent": False, "store_history": False,
+                            "user_expressions": {}, "allow_stdin": False},
+            }))
+            out = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg.get("msg_type") or msg["header"]["msg_type"]
+                if kind == "stream":
+                    out.append(msg["content"]["text"])
+                elif kind == "error":
+                    raise AssertionError(f"kernel error: {msg['content']}")
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    return "".join(out)
+            raise AssertionError("kernel did not finish")
+        finally:
+            ws.close()
+            requests.delete(base + f"api/kernels/{kernel}", headers=headers, timeout=30)
+
+
+class CmdlineWatcher:
+    """Collects every process's argv while running, to prove a secret never appears there."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if pid.isdigit():
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            self.seen.add(f.read().decode(errors="replace"))
+                    except OSError:
+                        pass
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
