@@ -36,8 +36,10 @@ class WorkspaceBusy(RuntimeError):
 def path_component(name: str) -> str:
     """A name made safe as one directory name: lower-case letters, digits and '.' kept, the
     rest escaped (`-xx`), so two different names never share a directory."""
+    if not name:
+        return "_empty"  # '_' is always escaped in names, so this stands for "" alone
     escaped = escape(name, safe=_SAFE_CHARS, escape_char="-")
-    if escaped in ("", ".", ".."):
+    if escaped in (".", ".."):
         escaped = escaped.replace(".", "-2e")
     return escaped
 

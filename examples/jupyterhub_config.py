@@ -1,0 +1,44 @@
+"""JupyterHub with tf-lxd-spawner on this machine: `make demo`, then http://127.0.0.1:8000.
+
+Log in with any user name and the password `demo` (DummyAuthenticator: for trying things out,
+never for production).
+"""
+
+import os
+
+here = os.path.dirname(os.path.abspath(__file__))
+repo = os.path.dirname(here)
+cache = os.path.join(repo, ".cache")
+demo = os.path.join(cache, "demo")
+os.makedirs(demo, mode=0o700, exist_ok=True)
+
+c = get_config()  # noqa: F821
+
+c.JupyterHub.spawner_class = "tf-lxd"
+c.JupyterHub.authenticator_class = "dummy"
+c.DummyAuthenticator.password = os.environ.get("DEMO_PASSWORD", "demo")
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = {"admin"}
+
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = 8000
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.db_url = f"sqlite:///{demo}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = os.path.join(demo, "cookie_secret")
+c.ConfigurableHTTPProxy.command = [os.path.join(cache, "npm", "node_modules", ".bin", "configurable-http-proxy")]
+c.ConfigurableHTTPProxy.pid_file = os.path.join(demo, "proxy.pid")
+
+# The seed project's configuration lines keep working:
+c.LxdSpawner.image = "jupyter-notebook"
+# c.LxdSpawner.files_to_push = [["/etc/passwd", "/etc/passwd"], ["/etc/group", "/etc/group"]]
+# c.LxdSpawner.filesystems_to_mount = [["home", "/srv/homes/{username}", "/home/{username}"]]
+
+# Terraform: providers from the project-local mirror that `make demo` set up; one workspace per
+# server under state_dir, kept as the audit record.
+c.LxdSpawner.terraform_cli_config = os.path.join(cache, "terraform", "cli.tfrc")
+c.LxdSpawner.state_dir = os.path.join(demo, "state")
+
+c.Spawner.default_url = "/lab"
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 90
+c.Spawner.mem_limit = "2G"

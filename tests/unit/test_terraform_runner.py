@@ -1,0 +1,92 @@
+"""The runner's process handling, with a stand-in script for the binary (pure process logic;
+the real Terraform is exercised by the e2e tests)."""
+
+import asyncio
+import json
+import os
+import stat
+
+import pytest
+
+from tf_lxd_spawner.terraform import TerraformError, TerraformRunner, concurrency_gate
+
+FAKE = """#!/usr/bin/env python3
+import json, os, signal, sys, time
+mode = os.environ["FAKE_MODE"]
+def on_int(*_):
+    open(os.environ["FAKE_MARK"], "w").write("interrupted")
+    sys.exit(130)
+signal.signal(signal.SIGINT, on_int)
+print(json.dumps({"type": "version", "argv": sys.argv[1:], "secret_in_env": "TF_VAR_x" in os.environ}), flush=True)
+if mode == "fail":
+    print(json.dumps({"type": "diagnostic", "diagnostic": {"severity": "error", "summary": "Boom", "detail": "it broke"}}), flush=True)
+    sys.exit(1)
+if mode == "slow":
+    time.sleep(30)
+if mode == "busy":
+    open(os.environ["FAKE_MARK"], "a").write("+")
+    time.sleep(0.3)
+    open(os.environ["FAKE_MARK"], "a").write("-")
+"""
+
+
+@pytest.fixture
+def fake(tmp_path):
+    path = tmp_path / "terraform"
+    path.write_text(FAKE)
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_events_streamed_logged_and_secrets_in_env_only(tmp_path, fake):
+    seen = []
+    log = tmp_path / "run.jsonl"
+    runner = TerraformRunner(fake, env={"FAKE_MODE": "ok"})
+    result = asyncio.run(runner.run("apply", cwd=tmp_path, env={"TF_VAR_x": "s3cret"}, on_event=seen.append,
+                                    log_path=log))
+    assert result.returncode == 0
+    assert seen[0]["argv"] == ["apply", "-auto-approve", "-input=false", "-json"]
+    assert seen[0]["secret_in_env"] is True
+    assert json.loads(log.read_text().splitlines()[0])["type"] == "version"
+    assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
+
+
+def test_failure_carries_terraform_diagnostics(tmp_path, fake):
+    runner = TerraformRunner(fake, env={"FAKE_MODE": "fail"})
+    with pytest.raises(TerraformError, match="terraform apply exited 1: Boom: it broke"):
+        asyncio.run(runner.run("apply", cwd=tmp_path))
+
+
+def test_missing_binary_is_named(tmp_path):
+    runner = TerraformRunner(str(tmp_path / "nope"))
+    with pytest.raises(TerraformError, match="was not found"):
+        asyncio.run(runner.run("init", cwd=tmp_path))
+
+
+def test_cancel_interrupts_before_killing(tmp_path, fake):
+    mark = tmp_path / "mark"
+    runner = TerraformRunner(fake, env={"FAKE_MODE": "slow", "FAKE_MARK": str(mark)})
+
+    async def go():
+        task = asyncio.ensure_future(runner.run("apply", cwd=tmp_path))
+        await asyncio.sleep(1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert mark.read_text() == "interrupted"
+
+
+def test_concurrency_gate_caps_processes(tmp_path, fake):
+    mark = tmp_path / "mark"
+
+    async def go():
+        gate = asyncio.Semaphore(1)
+        runner = TerraformRunner(fake, env={"FAKE_MODE": "busy", "FAKE_MARK": str(mark)}, gate=gate)
+        await asyncio.gather(*(runner.run("apply", cwd=tmp_path) for _ in range(3)))
+
+    asyncio.run(go())
+    assert mark.read_text() == "+-+-+-"  # never two at once
+    with pytest.raises(ValueError):
+        concurrency_gate(0)
