@@ -187,3 +187,28 @@ def _delete_instance(client: pylxd.Client, name: str) -> bool:
 async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     """Force-stop and delete an instance; False when it did not exist."""
     return await asyncio.to_thread(_call, endpoint, lambda c: _delete_instance(c, name))
+
+
+def _set_running(client: pylxd.Client, name: str, running: bool) -> None:
+    inst = client.instances.get(name)
+    if running and inst.status != "Running":
+        inst.start(wait=True)
+    elif not running and inst.status != "Stopped":
+        inst.stop(wait=True, timeout=30)
+
+
+async def set_running(endpoint: Endpoint, name: str, running: bool) -> None:
+    """Start or (cleanly) stop an existing instance."""
+    await asyncio.to_thread(_call, endpoint, lambda c: _set_running(c, name, running))
+
+
+def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, cwd: str, env: dict):
+    inst = client.instances.get(name)
+    result = inst.execute(argv, environment=env, user=uid, group=gid, cwd=cwd)
+    return result.exit_code, result.stdout, result.stderr
+
+
+async def execute(endpoint: Endpoint, name: str, argv: list[str], uid: int = 0, gid: int = 0,
+                  cwd: str = "/", env: dict | None = None) -> tuple[int, str, str]:
+    """Run an argument list in the instance as uid:gid: (exit code, stdout, stderr)."""
+    return await asyncio.to_thread(_call, endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}))

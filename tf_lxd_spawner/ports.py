@@ -49,6 +49,17 @@ class PortAllocator:
         with self._lock:
             self._taken.discard((address, int(port)))
 
+    def reuse_or_allocate(self, address: str, preferred: int | None, low: int, high: int) -> int:
+        """The port a kept instance already listens on when it is still free, else a new one."""
+        if preferred:
+            with self._lock:
+                free = (address, int(preferred)) not in self._taken and (
+                    not _is_local(address) or _bindable(address, int(preferred)))
+                if free:
+                    self._taken.add((address, int(preferred)))
+                    return int(preferred)
+        return self.allocate(address, low, high)
+
     def allocate(self, address: str, low: int, high: int) -> int:
         candidates = list(range(low, high + 1))
         random.shuffle(candidates)

@@ -7,6 +7,7 @@ member choice in `placement`, names in `naming`, host ports in `ports`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import time
@@ -15,9 +16,12 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
+from markupsafe import escape
 from traitlets import Any, Bool, Callable, Dict, Enum, Int, List, Tuple, Unicode, Union, default
 
+from . import inputs as config_inputs
 from . import lxd, naming
+from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
 from .terraform import TerraformError, TerraformRunner, concurrency_gate
@@ -87,6 +91,49 @@ class LxdSpawner(Spawner):
         help="""Callable(spawner) -> (uid, gid), may be async: the ids the user's account gets
         inside the container, so files in mounted directories belong to the right host ids.
         None: the user's ids on the hub host when the account exists there, else 1000:1000.""",
+    ).tag(config=True)
+
+    create_mount_dirs = Bool(
+        False,
+        help="""Create missing host directories of filesystems_to_mount on the hub host (owned by
+        the user's uid and gid from get_uid_gid, mode 0750) before the spawn. Only useful when
+        LXD runs on the hub host (or the path is shared storage).""",
+    ).tag(config=True)
+
+    shift_mounts = Bool(
+        True,
+        help="""Mount filesystems_to_mount as idmapped mounts (LXD disk `shift=true`), so a file
+        written by uid 1000 inside an unprivileged container belongs to uid 1000 on the host.
+        Needs kernel idmapped-mount support (`lxc info`: idmapped_mounts). Ignored for
+        privileged containers, which see host ids anyway.""",
+    ).tag(config=True)
+
+    commands_to_prepare = List(
+        [],
+        help="""Commands run inside the container as the user after it starts, each an argument
+        list (a string is split like a shell would, before {username}/{servername} expansion, so
+        a user name is always a single argument). A failing command fails the spawn.""",
+    ).tag(config=True)
+
+    post_hub_commands = List(
+        [],
+        help="""Commands run on the hub host after the container is up, each an argument list
+        (same expansion and safety as commands_to_prepare). A failing command fails the spawn.""",
+    ).tag(config=True)
+
+    allowed_images = Union(
+        [List(), Dict()],
+        default_value=[],
+        help="""Images users may choose: a list of images, or a dict of display name -> image.
+        With more than one, the spawn page offers a choice. The choice is checked on the
+        server: an image not listed is refused and nothing is created. Empty: always `image`.""",
+    ).tag(config=True)
+
+    remove = Bool(
+        True,
+        help="""Delete the container when the server stops (terraform destroy). False: stop and
+        keep it (the next start resumes the same container and its files); it is destroyed and
+        its workspace archived when the server or user is deleted.""",
     ).tag(config=True)
 
     # ---- Terraform ------------------------------------------------------------------------------
@@ -262,38 +309,33 @@ class LxdSpawner(Spawner):
         )
         return {str(k): str(v) for k, v in env.items()}
 
-    def _files(self) -> list[dict]:
-        files = []
-        for entry in self.files_to_push:
-            src, dst = (self._expand(p) for p in entry)
-            if not os.path.isfile(src):
-                raise SpawnError(f"files_to_push: source {src!r} does not exist on the hub host")
-            files.append({"target_path": dst, "source": os.path.abspath(src), "mode": "0644"})
-        return files
-
-    def _disks(self) -> list[dict]:
-        disks = []
-        for name, host_dir, path in self.filesystems_to_mount:
-            disks.append({"name": self._expand(name), "source": self._expand(host_dir), "path": self._expand(path)})
+    def _disks(self, uid: int, gid: int) -> list[dict]:
+        shift = self.shift_mounts and not self.privileged_container
+        disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, shift)
+        local = not self.lxd_endpoint
+        for d in disks:
+            if self.create_mount_dirs and not os.path.exists(d["source"]):
+                os.makedirs(d["source"], mode=0o750)
+                os.chown(d["source"], uid, gid)
+            if local and not os.path.isdir(d["source"]):
+                raise ConfigError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
+                                  "(create it, or set create_mount_dirs = True)")
         return disks
 
+    @property
+    def account(self) -> dict:
+        name = naming.posix_username(self.user.name)
+        return {"name": name, "home": f"/home/{name}"}
+
     async def _module_inputs(self, target: str | None, listen_address: str, listen_port: int | None) -> dict:
-        uid, gid = await self._uid_gid()
-        account = naming.posix_username(self.user.name)
+        uid, gid = self._ids = await self._uid_gid()
         hub_host, hub_port, _ = self._hub_address()
-        limits = {}
-        if self.mem_limit:
-            limits["memory"] = str(int(self.mem_limit))
-        if self.cpu_limit:
-            limits["cpu.allowance"] = f"{int(round(self.cpu_limit * 100))}%"
-        if self.process_limit:
-            limits["processes"] = str(self.process_limit)
         inputs = {
             "name": self.instance,
-            "image": self.image,
+            "image": self.chosen_image,
             "target": target,
             "profiles": list(self.lxd_profiles),
-            "user": {"name": account, "uid": uid, "gid": gid, "home": f"/home/{account}"},
+            "user": {**self.account, "uid": uid, "gid": gid},
             "server_cmd": list(self.cmd) + list(self.get_args()),
             "server_port": self.server_port,
             "connect_via": self.connect_via,
@@ -301,9 +343,9 @@ class LxdSpawner(Spawner):
             "listen_port": listen_port,
             "hub_address": hub_host,
             "hub_port": hub_port,
-            "files": self._files(),
-            "disks": self._disks(),
-            "limits": limits,
+            "files": config_inputs.pushed_files(self.files_to_push, self._expand),
+            "disks": await asyncio.to_thread(self._disks, uid, gid),
+            "limits": config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit),
             "privileged": bool(self.privileged_container),
             "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path)},
         }
@@ -358,6 +400,29 @@ class LxdSpawner(Spawner):
         self._start_task: asyncio.Task | None = None
         self._apply_started: float | None = None
         self._target: str | None = None
+        self._ids: tuple[int, int] = (1000, 1000)
+        self.chosen_image = self.image
+
+    @default("options_form")
+    def _default_options_form(self):
+        def form(spawner):
+            choices = config_inputs.image_choices(spawner.allowed_images)
+            if len(choices) < 2:
+                return ""
+            options = "".join(
+                f'<option value="{escape(name)}"{" selected" if i == 0 else ""}>{escape(name)}</option>'
+                for i, name in enumerate(choices)
+            )
+            return (
+                '<label for="tf-lxd-image">Image</label>'
+                f'<select class="form-control" name="image" id="tf-lxd-image">{options}</select>'
+            )
+
+        return form
+
+    def options_from_form(self, formdata):
+        image = (formdata.get("image") or [""])[0]
+        return {"image": image} if image else {}
 
     async def start(self):
         self._events = []
@@ -371,44 +436,64 @@ class LxdSpawner(Spawner):
 
     async def _start(self) -> str:
         began = time.monotonic()
+        # User input is checked before anything is made: a refused image creates nothing.
+        try:
+            self.chosen_image = config_inputs.chosen_image(
+                self.allowed_images, (self.user_options or {}).get("image"), self.image)
+        except ConfigError as e:
+            raise SpawnError(str(e)) from None
         ws = self._workspace()
         self.workspace = str(ws.path)
         self.instance = self.instance or self._instance_name()
         self._emit(5, f"Preparing workspace for {self.instance}")
         async with ws.lock():
-            if not await lxd.image_exists(self.endpoint, self.image):
-                raise SpawnError(f"image {self.image!r} does not exist on the LXD server")
+            if not await lxd.image_exists(self.endpoint, self.chosen_image):
+                raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")
             self._target = await self._place()
             with reservations.hold(self._target):
                 return await self._create(ws, began)
 
-    async def _create(self, ws: Workspace, began: float) -> str:
-        listen_address = "127.0.0.1"
-        if self.connect_via == "proxy" and self._target:
+    async def _listen_on(self, ws: Workspace) -> tuple[str, int | None]:
+        """Address and port for the server's proxy device: on the chosen member, and for a kept
+        instance the port it already had when that is still free."""
+        if self.connect_via != "proxy":
+            return "127.0.0.1", None
+        address = "127.0.0.1"
+        if self._target:
             members = {m.name: m for m in await lxd.members(self.endpoint)}
-            listen_address = members[self._target].address or listen_address
-        listen_port = None
-        if self.connect_via == "proxy":
-            listen_port = ports.allocate(listen_address, *self.proxy_port_range)
-        self.listen_address, self.listen_port = listen_address, listen_port
+            address = members[self._target].address or address
+        previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if ws.state_resources() else None
+        return address, ports.reuse_or_allocate(address, previous, *self.proxy_port_range)
+
+    async def _create(self, ws: Workspace, began: float) -> str:
+        self.listen_address, self.listen_port = "127.0.0.1", None
         self.ip, self.port = "127.0.0.1", self.server_port  # where the server binds, inside
         _, _, api_inside = self._hub_address()
-        secrets = {"TF_VAR_server_environment": json.dumps(self._container_env(api_inside))}
         record = {"operation": "start", "user": self.user.name, "server": self.name or "",
-                  "instance": self.instance, "image": self.image}
+                  "instance": self.instance, "image": self.chosen_image}
         ticker = None
         try:
-            inputs = await self._module_inputs(self._target, listen_address, listen_port)
+            self.listen_address, self.listen_port = await self._listen_on(ws)
+            secrets = {"TF_VAR_server_environment": json.dumps(self._container_env(api_inside))}
+            inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
             main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], self._provider_settings())
             if await ws.prepare(main_tf, inputs):
                 self._emit(10, "Initialising Terraform")
                 await self._terraform(ws, "init")
                 await ws.mark_initialised(main_tf)
-            await self._remove_stray_instance(ws)
+            resuming = bool(ws.state_resources())
+            if not resuming:
+                await self._remove_stray_instance(ws)
             self._emit(30, f"Applying the notebook module for {self.instance}")
             ticker = asyncio.ensure_future(self._tick_while_creating())
             await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
+            ticker.cancel()
+            if resuming:  # a kept instance: apply refreshed its files, now start it again
+                self._emit(80, f"Starting kept instance {self.instance}")
+                await lxd.set_running(self.endpoint, self.instance, True)
             outputs = await self.runner.outputs(ws.path)
+            await self._run_prepare_commands()
+            await self._run_post_hub_commands()
         except BaseException as e:
             if ticker:
                 ticker.cancel()
@@ -417,13 +502,45 @@ class LxdSpawner(Spawner):
             if isinstance(e, (TerraformError, SpawnError, asyncio.CancelledError)):
                 raise
             raise SpawnError(f"starting {self.instance} failed: {e}") from e
-        ticker.cancel()
         self.member = outputs.get("location") or self._target or ""
         self.url = f"http://{outputs['connect_address']}:{outputs['connect_port']}"
         await ws.audit({**record, "member": self.member, "outcome": "ok", "url": self.url,
-                        "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+                        "resumed": resuming, "duration": round(time.monotonic() - began, 3),
+                        **await self._versions(ws)})
         self._emit(90, f"Waiting for the server at {self.url}")
         return self.url
+
+    async def _run_prepare_commands(self) -> None:
+        commands = config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
+        if not commands:
+            return
+        uid, gid = self._ids
+        home = self.account["home"]
+        self._emit(86, f"Running {len(commands)} commands_to_prepare")
+        # The launcher creates the account and its home at boot: wait for the home to exist.
+        for _ in range(100):
+            rc, _, _ = await lxd.execute(self.endpoint, self.instance, ["test", "-d", home])
+            if rc == 0:
+                break
+            await asyncio.sleep(0.2)
+        env = {"HOME": home, "USER": self.account["name"], "PATH": "/opt/jupyter/bin:/usr/local/bin:/usr/bin:/bin"}
+        for argv in commands:
+            rc, out, err = await lxd.execute(self.endpoint, self.instance, argv, uid, gid, home, env)
+            if rc != 0:
+                raise SpawnError(f"commands_to_prepare {argv} exited {rc}: {(err or out).strip()[-500:]}")
+
+    async def _run_post_hub_commands(self) -> None:
+        for argv in config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands"):
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT)
+            except OSError as e:
+                raise SpawnError(f"post_hub_commands {argv} could not run: {e}") from None
+            out, _ = await proc.communicate()
+            if proc.returncode != 0:
+                raise SpawnError(f"post_hub_commands {argv} exited {proc.returncode}: "
+                                 f"{out.decode(errors='replace').strip()[-500:]}")
 
     async def _terraform(self, ws: Workspace, command: str, **kwargs) -> None:
         """Run one terraform command in the workspace, logging its events; then re-seal modes."""
@@ -521,10 +638,14 @@ class LxdSpawner(Spawner):
         ws = self._workspace()
         began = time.monotonic()
         record = {"operation": "stop", "user": self.user.name, "server": self.name or "",
-                  "instance": self.instance, "member": self.member, "image": self.image}
+                  "instance": self.instance, "member": self.member, "image": self.chosen_image,
+                  "kept": not self.remove}
         async with ws.lock():
             try:
-                await self._destroy(ws)
+                if self.remove:
+                    await self._destroy(ws)
+                elif self.instance and await lxd.instance(self.endpoint, self.instance):
+                    await lxd.set_running(self.endpoint, self.instance, False)
             except Exception as e:
                 await ws.audit({**record, "outcome": "failed", "error": str(e),
                                 "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
@@ -534,6 +655,23 @@ class LxdSpawner(Spawner):
         ports.release(self.listen_address, self.listen_port)
         self.listen_port = None
         self.url = ""
+
+    async def delete_forever(self):
+        """The server (or its user) is deleted: destroy a kept instance and archive the
+        workspace beside the others (`<server>.deleted-<time>`), audit record included."""
+        ws = self._workspace()
+        if not ws.path.exists():
+            return
+        self.instance = self.instance or self._instance_name()
+        async with ws.lock():
+            await self._destroy(ws)
+            await ws.audit({"operation": "delete_forever", "user": self.user.name, "server": self.name or "",
+                            "instance": self.instance, "outcome": "ok", **await self._versions(ws)})
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            archived = ws.path.with_name(f"{ws.path.name}.deleted-{stamp}")
+            await asyncio.to_thread(os.rename, ws.path, archived)
+        self.log.info("Archived workspace of %s to %s", self.instance, archived)
+        self.workspace = ""
 
     # ---- state ------------------------------------------------------------------------------
     def get_state(self):

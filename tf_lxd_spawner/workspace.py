@@ -197,6 +197,14 @@ class Workspace:
         except FileNotFoundError:
             return []
 
+    def saved_inputs(self) -> dict:
+        """The inputs of the last start (terraform.tfvars.json), {} when there are none."""
+        try:
+            with open(self.tfvars, encoding="utf-8") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
     def state_resources(self) -> list[dict]:
         """Resources in the Terraform state ([] when there is no state yet)."""
         try:

@@ -51,6 +51,7 @@ locals {
       properties = merge(
         { source = d.source, path = d.path },
         d.readonly ? { readonly = "true" } : {},
+        d.shift ? { shift = "true" } : {},
       )
     }
   }

@@ -180,12 +180,13 @@ variable "files" {
 }
 
 variable "disks" {
-  description = "Host directories mounted into the instance: name (device name), source (host path on the member), path (inside the instance), readonly."
+  description = "Host directories mounted into the instance: name (device name), source (host path on the member), path (inside the instance), readonly, and shift (an idmapped mount, so ids inside an unprivileged instance are the same ids on the host)."
   type = list(object({
     name     = string
     source   = string
     path     = string
     readonly = optional(bool, false)
+    shift    = optional(bool, false)
   }))
   default = []
 
