@@ -5,6 +5,8 @@ CACHE := $(CURDIR)/.cache
 VENV := $(CURDIR)/.venv
 CHP := $(CACHE)/npm/node_modules/.bin/configurable-http-proxy
 PYTEST_ARGS ?=
+# Host ids the tests map 1:1 into containers (raw.idmap): see setup/lxd-up.sh.
+LXD_ALLOW_IDS ?= 2345
 
 export CHECKPOINT_DISABLE := 1
 export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
@@ -19,7 +21,7 @@ debs:
 	@bash setup/debian-packages.sh
 
 lxd: debs
-	@bash setup/lxd-up.sh
+	@LXD_ALLOW_IDS="$(LXD_ALLOW_IDS)" bash setup/lxd-up.sh
 
 image: lxd
 	@bash image/build.sh

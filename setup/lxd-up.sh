@@ -4,6 +4,23 @@
 # through loopback proxy devices, never a bridge.
 set -euo pipefail
 log=${LXD_LOG:-/var/log/lxd-tf-lxd-spawner.log}
+# Host ids LXD may map 1:1 into containers (raw.idmap, the spawner's mount_idmap): one line
+# `root:<id>:1` each in /etc/subuid and /etc/subgid. LXD reads them when it starts.
+allow_ids=${LXD_ALLOW_IDS:-}
+
+added=0
+for id in $allow_ids; do
+  for f in /etc/subuid /etc/subgid; do
+    if ! grep -qx "root:$id:1" "$f" 2>/dev/null; then
+      echo "root:$id:1" >>"$f"
+      added=1
+    fi
+  done
+done
+if [ "$added" = 1 ] && lxc info >/dev/null 2>&1; then
+  echo "lxd-up: restarting LXD to allow ids: $allow_ids"
+  lxd shutdown
+fi
 
 if ! lxc info >/dev/null 2>&1; then
   # A closed loopback port as proxy: the daemon must not reach out at start-up.

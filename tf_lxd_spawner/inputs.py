@@ -125,3 +125,29 @@ def chosen_image(allowed, requested: str | None, default: str) -> str:
     if requested in choices.values():
         return requested
     raise ConfigError(f"image {requested!r} is not allowed; choose one of {sorted(choices)}")
+
+
+def _subid_allows(path: str, owner: str, wanted: int) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.strip().split(":")
+                if len(parts) == 3 and parts[0] == owner and parts[1].isdigit() and parts[2].isdigit():
+                    if int(parts[1]) <= wanted < int(parts[1]) + int(parts[2]):
+                        return True
+    except FileNotFoundError:
+        pass
+    return False
+
+
+def check_subid_allowed(uid: int, gid: int, subuid: str = "/etc/subuid", subgid: str = "/etc/subgid") -> None:
+    """raw.idmap only works for ids LXD (running as root) may map: say how to allow them."""
+    missing = []
+    if not _subid_allows(subuid, "root", uid):
+        missing.append(f"'root:{uid}:1' in {subuid}")
+    if not _subid_allows(subgid, "root", gid):
+        missing.append(f"'root:{gid}:1' in {subgid}")
+    if missing:
+        raise ConfigError(
+            f"mount_idmap 'raw.idmap' needs uid {uid} and gid {gid} allowed for LXD: add "
+            + " and ".join(missing) + ", then restart LXD (or set mount_idmap to 'shift' or 'none')")

@@ -100,12 +100,16 @@ class LxdSpawner(Spawner):
         LXD runs on the hub host (or the path is shared storage).""",
     ).tag(config=True)
 
-    shift_mounts = Bool(
-        True,
-        help="""Mount filesystems_to_mount as idmapped mounts (LXD disk `shift=true`), so a file
-        written by uid 1000 inside an unprivileged container belongs to uid 1000 on the host.
-        Needs kernel idmapped-mount support (`lxc info`: idmapped_mounts). Ignored for
-        privileged containers, which see host ids anyway.""",
+    mount_idmap = Enum(
+        ["raw.idmap", "shift", "none"],
+        "raw.idmap",
+        help="""How ids in filesystems_to_mount match the host's for unprivileged containers, so a
+        file the user writes belongs to the user's uid and gid (get_uid_gid) on the host:
+        "raw.idmap" maps that uid and gid 1:1 into the container (LXD must be allowed to: lines
+        `root:<uid>:1` in /etc/subuid and `root:<gid>:1` in /etc/subgid, then restart LXD);
+        "shift" uses idmapped mounts (disk shift=true; needs LXD and kernel support);
+        "none" leaves the container's own id map (host sees shifted ids). Not used for
+        privileged containers or without mounts.""",
     ).tag(config=True)
 
     commands_to_prepare = List(
@@ -310,7 +314,7 @@ class LxdSpawner(Spawner):
         return {str(k): str(v) for k, v in env.items()}
 
     def _disks(self, uid: int, gid: int) -> list[dict]:
-        shift = self.shift_mounts and not self.privileged_container
+        shift = self.mount_idmap == "shift" and not self.privileged_container
         disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, shift)
         local = not self.lxd_endpoint
         for d in disks:
@@ -321,6 +325,14 @@ class LxdSpawner(Spawner):
                 raise ConfigError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
                                   "(create it, or set create_mount_dirs = True)")
         return disks
+
+    def _instance_config(self, uid: int, gid: int) -> dict[str, str]:
+        config = {}
+        if self.filesystems_to_mount and self.mount_idmap == "raw.idmap" and not self.privileged_container:
+            if not self.lxd_endpoint:  # LXD on this host: check it is allowed, with a way out
+                config_inputs.check_subid_allowed(uid, gid)
+            config["raw.idmap"] = f"uid {uid} {uid}\ngid {gid} {gid}"
+        return config
 
     @property
     def account(self) -> dict:
@@ -347,6 +359,7 @@ class LxdSpawner(Spawner):
             "disks": await asyncio.to_thread(self._disks, uid, gid),
             "limits": config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit),
             "privileged": bool(self.privileged_container),
+            "config": await asyncio.to_thread(self._instance_config, uid, gid),
             "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path)},
         }
         extra = self.module_variables
