@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 import pylxd
 import requests
+from pylxd.client import get_session_for_url
 from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
 
 SERVER_UNIT = "jupyterhub-singleuser.service"
@@ -59,10 +61,11 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
             return client
         kwargs = {}
         if endpoint.url:
-            kwargs["endpoint"] = endpoint.url
-            if endpoint.cert and endpoint.key:
-                kwargs["cert"] = (endpoint.cert, endpoint.key)
-            kwargs["verify"] = endpoint.verify
+            cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
+            session = get_session_for_url(endpoint.url, verify=endpoint.verify, cert=cert)
+            # REQUESTS_CA_BUNDLE and friends would silently replace a pinned certificate.
+            session.trust_env = False
+            kwargs = {"endpoint": endpoint.url, "cert": cert, "session": session}
         try:
             client = pylxd.Client(**kwargs)
         except (ClientConnectionFailed, requests.RequestException, OSError) as e:
@@ -131,8 +134,13 @@ def _unit_active(client: pylxd.Client, name: str, unit: str, timeout: float) -> 
         "environment": {},
     }
     op = client.api.instances[name].exec.post(json=body).json()
-    op_id = op["operation"].rsplit("/", 1)[-1]
-    result = client.api.operations[op_id].wait.get(params={"timeout": int(timeout)}).json()["metadata"]
+    op_id = op["metadata"]["id"]
+    deadline = time.monotonic() + timeout
+    while True:
+        result = client.api.operations[op_id].wait.get(params={"timeout": max(1, int(timeout))}).json()["metadata"]
+        if result.get("status") != "Running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # a forwarded wait (cluster) can answer before the command ends
     return (result.get("metadata") or {}).get("return") == 0
 
 

@@ -7,7 +7,9 @@ count as load, so simultaneous spawns spread instead of all picking the same idl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
@@ -47,25 +49,45 @@ def least_loaded(
 
 
 class Reservations:
-    """In-flight placements per member, shared by all spawners of a hub."""
+    """In-flight placements per member, shared by all spawners of a hub.
+
+    `decide` serialises choosing and reserving, so two spawns never decide on the same
+    picture of the load.
+    """
 
     def __init__(self):
         self._counts: Counter = Counter()
+        self._decide: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @property
+    def decide(self) -> asyncio.Lock:
+        """The decision lock of the running event loop."""
+        loop = asyncio.get_running_loop()
+        lock = self._decide.get(loop)
+        if lock is None:
+            lock = self._decide[loop] = asyncio.Lock()
+        return lock
+
+    def reserve(self, member: str | None) -> None:
+        if member:
+            self._counts[member] += 1
+
+    def release(self, member: str | None) -> None:
+        if member:
+            self._counts[member] -= 1
+            if self._counts[member] <= 0:
+                del self._counts[member]
 
     def snapshot(self) -> Counter:
         return Counter(self._counts)
 
     @contextlib.contextmanager
     def hold(self, member: str | None):
-        if member:
-            self._counts[member] += 1
+        self.reserve(member)
         try:
             yield
         finally:
-            if member:
-                self._counts[member] -= 1
-                if self._counts[member] <= 0:
-                    del self._counts[member]
+            self.release(member)
 
 
 reservations = Reservations()

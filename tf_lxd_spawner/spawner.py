@@ -28,6 +28,7 @@ from .terraform import TerraformError, TerraformRunner, concurrency_gate
 from .workspace import SECRET_INPUTS, Workspace, render_root, workspace_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+PROVIDER_REMOTE = "tf-lxd"
 
 
 def default_module_source() -> str:
@@ -189,6 +190,12 @@ class LxdSpawner(Spawner):
         provider's own default (10s) adds up to 10 s to every spawn and stop.""",
     ).tag(config=True)
 
+    apply_attempts = Int(
+        2,
+        help="""How many times `terraform apply` is tried when it fails with an error LXD reports
+        as transient (e.g. its file-push helper not ready yet). Other errors fail at once.""",
+    ).tag(config=True)
+
     # ---- LXD ------------------------------------------------------------------------------------
     lxd_endpoint = Unicode(
         "",
@@ -214,6 +221,18 @@ class LxdSpawner(Spawner):
         help="""Which cluster member gets a new server: "least-loaded" (online members scored by
         host_weights / load, counting spawns in flight), "lxd" (LXD's own scheduler), or a
         callable(spawner, members) -> member name. Ignored on a standalone LXD server.""",
+    ).tag(config=True)
+
+    excluded_members = List(
+        [],
+        help="""Cluster members that never get new servers (e.g. during maintenance), in addition
+        to members LXD reports as Evacuated or Offline.""",
+    ).tag(config=True)
+
+    count_managed_only = Bool(
+        False,
+        help="""Least-loaded placement counts only the instances this spawner manages (config key
+        user.tf-lxd-spawner.managed) instead of all instances on a member.""",
     ).tag(config=True)
 
     connect_via = Enum(
@@ -263,7 +282,7 @@ class LxdSpawner(Spawner):
         )
 
     @property
-    def runner(self) -> TerraformRunner:
+    def runner(self) -> TerraformRunner:  # only inside the event loop: the gate belongs to it
         env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
         return TerraformRunner(self.terraform_path, env=env, gate=concurrency_gate(self.terraform_concurrency))
 
@@ -375,9 +394,9 @@ class LxdSpawner(Spawner):
             return None
         if callable(self.placement):
             return await maybe_future(self.placement(self, members))
-        load = await lxd.instance_counts(self.endpoint)
+        load = await lxd.instance_counts(self.endpoint, self.count_managed_only)
         load.update(reservations.snapshot())
-        return least_loaded(members, load, self.host_weights)
+        return least_loaded(members, load, self.host_weights, self.excluded_members)
 
     def _on_terraform_event(self, event: dict) -> None:
         kind = event.get("type")
@@ -462,9 +481,13 @@ class LxdSpawner(Spawner):
         async with ws.lock():
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
                 raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")
-            self._target = await self._place()
-            with reservations.hold(self._target):
+            async with reservations.decide:  # choose and reserve as one step
+                self._target = await self._place()
+                reservations.reserve(self._target)
+            try:
                 return await self._create(ws, began)
+            finally:
+                reservations.release(self._target)
 
     async def _listen_on(self, ws: Workspace) -> tuple[str, int | None]:
         """Address and port for the server's proxy device: on the chosen member, and for a kept
@@ -489,7 +512,7 @@ class LxdSpawner(Spawner):
             self.listen_address, self.listen_port = await self._listen_on(ws)
             secrets = {"TF_VAR_server_environment": json.dumps(self._container_env(api_inside))}
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
-            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], self._provider_settings())
+            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], await self._provider_settings())
             if await ws.prepare(main_tf, inputs):
                 self._emit(10, "Initialising Terraform")
                 await self._terraform(ws, "init")
@@ -499,7 +522,15 @@ class LxdSpawner(Spawner):
                 await self._remove_stray_instance(ws)
             self._emit(30, f"Applying the notebook module for {self.instance}")
             ticker = asyncio.ensure_future(self._tick_while_creating())
-            await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
+            for attempt in range(1, self.apply_attempts + 1):
+                try:
+                    await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
+                    break
+                except TerraformError as e:
+                    if attempt == self.apply_attempts or not e.transient:
+                        raise
+                    self.log.warning("Retrying apply of %s after a transient error: %s", self.instance, e)
+                    self._emit(40, f"Retrying after a transient LXD error: {e}")
             ticker.cancel()
             if resuming:  # a kept instance: apply refreshed its files, now start it again
                 self._emit(80, f"Starting kept instance {self.instance}")
@@ -593,9 +624,37 @@ class LxdSpawner(Spawner):
             if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
                 await lxd.delete_instance(self.endpoint, self.instance)
 
-    def _provider_settings(self) -> dict:
-        settings = {"refresh_interval": self.provider_refresh_interval, "remote": None, "config_dir": None}
+    async def _provider_settings(self) -> dict:
+        """Provider block settings; for an https endpoint, a private config dir holding the
+        client certificate and the pinned server certificate, as the provider expects them."""
+        settings = {"refresh_interval": self.provider_refresh_interval, "remote": None, "config_dir": None,
+                    "accept_remote_certificate": False}
+        if not self.lxd_endpoint:
+            return settings
+        url = urlparse(self.lxd_endpoint)
+        settings["remote"] = {"name": PROVIDER_REMOTE, "scheme": "https", "address": url.hostname,
+                              "port": str(url.port or 8443)}
+        settings["accept_remote_certificate"] = self.lxd_verify is False
+        settings["config_dir"] = await asyncio.to_thread(self._write_provider_config_dir)
         return settings
+
+    def _write_provider_config_dir(self) -> str:
+        base = Path(os.path.abspath(self.state_dir)) / ".lxd-provider"
+        wanted = {}
+        if self.lxd_cert and self.lxd_key:
+            wanted["client.crt"] = self.lxd_cert
+            wanted["client.key"] = self.lxd_key
+        if isinstance(self.lxd_verify, str):
+            wanted[f"servercerts/{PROVIDER_REMOTE}.crt"] = self.lxd_verify
+        for rel, src in wanted.items():
+            dest = base / rel
+            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            data = Path(src).read_bytes()
+            if not dest.exists() or dest.read_bytes() != data:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        return str(base)
 
     _tool_versions: dict | None = None
 

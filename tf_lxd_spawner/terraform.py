@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +22,32 @@ from pathlib import Path
 Event = dict
 EventCallback = Callable[[Event], None]
 
-_gates: dict[int, asyncio.Semaphore] = {}
+_gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def concurrency_gate(limit: int) -> asyncio.Semaphore:
-    """The hub-wide semaphore for `limit` simultaneous terraform processes (one per limit value)."""
+    """The hub-wide semaphore for `limit` simultaneous terraform processes (one per limit value
+    and event loop: asyncio primitives belong to one loop)."""
     if limit < 1:
         raise ValueError(f"terraform_concurrency must be at least 1, not {limit}")
-    gate = _gates.get(limit)
+    per_loop = _gates.setdefault(asyncio.get_running_loop(), {})
+    gate = per_loop.get(limit)
     if gate is None:
-        gate = _gates[limit] = asyncio.Semaphore(limit)
+        gate = per_loop[limit] = asyncio.Semaphore(limit)
     return gate
+
+
+#: LXD errors that say "try again", not "this cannot work" (seen with LXD 5.0.2: the helper that
+#: pushes files into a container sometimes is not listening yet right after creation).
+TRANSIENT_ERRORS = ("forkfile.sock", "connection reset by peer", "Instance is busy running")
 
 
 class TerraformError(RuntimeError):
     """A terraform command failed; the message carries Terraform's own error summaries."""
+
+    @property
+    def transient(self) -> bool:
+        return any(marker in str(self) for marker in TRANSIENT_ERRORS)
 
     def __init__(self, command: str, returncode: int | None, errors: list[str], stderr: str = ""):
         self.command = command

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import string
+import weakref
 from pathlib import Path
 
 import jinja2
@@ -99,7 +100,7 @@ def _write_private(path: Path, text: str) -> None:
 class Workspace:
     """One server's workspace. Blocking file work is done in threads by the async methods."""
 
-    _locks: dict[str, asyncio.Lock] = {}
+    _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {path: Lock}
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -229,7 +230,7 @@ class Workspace:
         flock dies with its process, so a killed hub never leaves a stale lock behind.
         """
         key = str(self.path.resolve())
-        alock = self._locks.setdefault(key, asyncio.Lock())
+        alock = self._locks.setdefault(asyncio.get_running_loop(), {}).setdefault(key, asyncio.Lock())
         async with alock:
             await asyncio.to_thread(self._ensure_dirs)
             fd = os.open(self.path / ".spawner.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -9,7 +9,7 @@ import pytest
 from conftest import MODULE_DIR, terraform_env
 from tf_lxd_spawner.workspace import Workspace, WorkspaceBusy, hcl_string, render_root, workspace_path
 
-PROVIDER = {"refresh_interval": "250ms", "remote": None, "config_dir": None}
+PROVIDER = {"refresh_interval": "250ms", "remote": None, "config_dir": None, "accept_remote_certificate": False}
 
 
 def test_workspace_paths_cannot_escape(tmp_path):

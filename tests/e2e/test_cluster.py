@@ -1,0 +1,243 @@
+"""Placement on a real 3-member LXD cluster on this machine, through pylxd and the real
+Terraform provider (remote https endpoint, pinned certificate), and one full JupyterHub spawn.
+
+The placement tests drive LxdSpawner.start()/poll()/stop() directly with a stand-in for the
+hub object (only its URLs are read): what is under test is placement against real LXD and
+Terraform, and a real hub adds nothing there. The last test runs a real hub on the cluster.
+"""
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import CACHE
+from hubtools import Hub
+from lxdcluster import TINY, LxdCluster
+from tf_lxd_spawner import LxdSpawner
+from tf_lxd_spawner.placement import reservations
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    base = Path(tempfile.mkdtemp(prefix="tf-lxd-cluster-", dir="/var/tmp"))
+    base.chmod(0o711)  # unprivileged container roots must traverse to their rootfs
+    c = LxdCluster(base)
+    try:
+        c.up()
+        c.import_tiny_image()
+        c.first.lxc("config", "set", "cluster.offline_threshold", "11")
+        yield c
+    finally:
+        c.down()
+
+
+def make_spawner(cluster, state_dir, username, **traits):
+    user = SimpleNamespace(name=username, url=f"/user/{username}/", escaped_name=username, state=None)
+    hub = SimpleNamespace(api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="",
+                          url="http://127.0.0.1:8081/hub/")
+    settings = dict(
+        image=TINY, lxd_endpoint=cluster.first.url, lxd_cert=str(cluster.cert), lxd_key=str(cluster.key),
+        lxd_verify=str(cluster.server_cert), state_dir=str(state_dir),
+        terraform_cli_config=str(CACHE / "terraform" / "cli.tfrc"), api_token=os.urandom(8).hex(),
+        oauth_client_id=f"jupyterhub-user-{username}",
+    )
+    settings.update(traits)
+    return LxdSpawner(user=user, hub=hub, **settings)
+
+
+def locations(cluster):
+    return {i["name"]: i["location"] for i in cluster.api("GET", "/1.0/instances?recursion=1")["metadata"]}
+
+
+async def start_all(spawners):
+    await asyncio.gather(*(s.start() for s in spawners))
+    return spawners
+
+
+async def stop_all(spawners):
+    await asyncio.gather(*(s.stop() for s in spawners))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def spread_of(cluster, spawners):
+    where = locations(cluster)
+    return Counter(where[s.instance] for s in spawners)
+
+
+def test_six_concurrent_spawns_spread_evenly(cluster, tmp_path):
+    spawners = [make_spawner(cluster, tmp_path, f"even{i}") for i in range(6)]
+    run(start_all(spawners))
+    try:
+        spread = spread_of(cluster, spawners)
+        print(f"\n6 concurrent spawns on 3 equal members: {dict(sorted(spread.items()))}")
+        assert spread == {"m1": 2, "m2": 2, "m3": 2}
+        where = locations(cluster)
+        for s in spawners:
+            # The module's location output went into state and audit, and the proxy device
+            # listens on the chosen member's address.
+            assert s.member == where[s.instance]
+            assert s.get_state()["member"] == s.member
+            record = json.loads(Path(s.workspace, "audit.jsonl").read_text().splitlines()[-1])
+            assert record["member"] == s.member
+            member = next(m for m in cluster.members if m.name == s.member)
+            device = cluster.api("GET", f"/1.0/instances/{s.instance}")["metadata"]["devices"]["jupyter-server"]
+            assert device["listen"] == f"tcp:{member.address}:{s.listen_port}"
+            assert s.url == f"http://{member.address}:{s.listen_port}"
+        assert reservations.snapshot() == {}
+    finally:
+        run(stop_all(spawners))
+    assert not any(s.instance in locations(cluster) for s in spawners)
+
+
+def test_weights_two_one_one(cluster, tmp_path):
+    spawners = [make_spawner(cluster, tmp_path, f"w{i}", host_weights={"m1": 2}) for i in range(12)]
+    run(start_all(spawners))
+    try:
+        spread = spread_of(cluster, spawners)
+        print(f"\n12 spawns with weights m1=2, m2=1, m3=1: {dict(sorted(spread.items()))}")
+        assert spread == {"m1": 6, "m2": 3, "m3": 3}
+    finally:
+        run(stop_all(spawners))
+
+
+def test_evacuated_member_gets_nothing_until_restored(cluster, tmp_path):
+    cluster.first.lxc("cluster", "evacuate", "m2", "--force")
+    cluster.wait_status("m2", "Evacuated")
+    first = [make_spawner(cluster, tmp_path, f"ev{i}") for i in range(4)]
+    later = make_spawner(cluster, tmp_path, "after-restore")
+    try:
+        run(start_all(first))
+        spread = spread_of(cluster, first)
+        print(f"\n4 spawns with m2 evacuated: {dict(sorted(spread.items()))}")
+        assert spread == {"m1": 2, "m3": 2}
+        cluster.first.lxc("cluster", "restore", "m2", "--force")
+        cluster.wait_status("m2", "Online")
+        run(later.start())
+        assert locations(cluster)[later.instance] == "m2"
+    finally:
+        cluster.first.lxc("cluster", "restore", "m2", "--force", check=False)
+        run(stop_all(first + [later]))
+
+
+def test_excluded_member_and_managed_only_counting(cluster, tmp_path):
+    # Two foreign instances on m1 count as load unless count_managed_only is set.
+    for name in ("foreign1", "foreign2"):
+        cluster.first.lxc("init", TINY, name, "--target", "m1")
+    try:
+        a = make_spawner(cluster, tmp_path, "counted", excluded_members=["m3"])
+        b = make_spawner(cluster, tmp_path, "managed-only", excluded_members=["m2", "m3"], count_managed_only=True)
+        run(a.start())
+        run(b.start())
+        where = locations(cluster)
+        assert where[a.instance] == "m2"  # m1 carries two instances, m3 is excluded
+        assert where[b.instance] == "m1"  # only m1 allowed
+        run(stop_all([a, b]))
+        c = make_spawner(cluster, tmp_path, "managed-count", count_managed_only=True, excluded_members=["m3"])
+        run(c.start())
+        assert locations(cluster)[c.instance] == "m1"  # foreign instances not counted: tie -> m1
+        run(c.stop())
+    finally:
+        for name in ("foreign1", "foreign2"):
+            cluster.first.lxc("delete", "--force", name, check=False)
+
+
+def test_placement_lxd_and_custom_callables(cluster, tmp_path):
+    by_lxd = make_spawner(cluster, tmp_path, "lxd-chooses", placement="lxd")
+
+    async def async_policy(spawner, members):
+        await asyncio.sleep(0)
+        return sorted(m.name for m in members)[-1]
+
+    custom = [make_spawner(cluster, tmp_path, f"custom{i}", placement=lambda sp, members: "m2") for i in range(2)]
+    custom_async = make_spawner(cluster, tmp_path, "custom-async", placement=async_policy)
+    spawners = [by_lxd, *custom, custom_async]
+    run(start_all(spawners))
+    try:
+        where = locations(cluster)
+        assert where[by_lxd.instance] in {"m1", "m2", "m3"}
+        assert by_lxd.member == where[by_lxd.instance]  # from the module's location output
+        tfvars = json.loads(Path(by_lxd.workspace, "terraform.tfvars.json").read_text())
+        assert tfvars["target"] is None  # LXD chose
+        assert [where[s.instance] for s in custom] == ["m2", "m2"]
+        assert where[custom_async.instance] == "m3"
+    finally:
+        run(stop_all(spawners))
+
+
+def test_poll_and_stop_follow_an_evacuated_instance(cluster, tmp_path):
+    # Instances with member-bound devices are stopped, not moved, by a plain evacuation;
+    # cluster.evacuate=migrate asks LXD to move this one.
+    s = make_spawner(cluster, tmp_path, "mover", placement=lambda sp, members: "m3",
+                     module_variables={"config": {"cluster.evacuate": "migrate"}})
+    run(s.start())
+    try:
+        assert run(s.poll()) is None
+        cluster.first.lxc("cluster", "evacuate", "m3", "--force")
+        moved_to = locations(cluster)[s.instance]
+        assert moved_to in {"m1", "m2"}
+        assert run(s.poll()) is None
+        assert s.member == moved_to
+        run(s.stop())
+        assert s.instance not in locations(cluster)
+        ops = [json.loads(line) for line in Path(s.workspace, "audit.jsonl").read_text().splitlines()]
+        assert [(o["operation"], o["member"]) for o in ops] == [("start", "m3"), ("stop", moved_to)]
+    finally:
+        cluster.first.lxc("cluster", "restore", "m3", "--force", check=False)
+        cluster.wait_status("m3", "Online")
+
+
+def test_full_jupyterhub_spawn_on_a_chosen_member(cluster, tmp_path_factory, lxd_client):
+    work = tmp_path_factory.mktemp("cluster-hub")
+    cluster.import_image_from_host("jupyter-notebook", work)
+    extra = f"""
+c.LxdSpawner.lxd_endpoint = "{cluster.first.url}"
+c.LxdSpawner.lxd_cert = "{cluster.cert}"
+c.LxdSpawner.lxd_key = "{cluster.key}"
+c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
+c.LxdSpawner.host_weights = {{"m1": 0, "m2": 0}}
+"""
+    hub = Hub(work, extra).start()
+    try:
+        token = hub.user_token("alice")
+        assert hub.start_server("alice").status_code in (201, 202)
+        hub.wait_ready("alice", timeout=240)
+        assert hub.run_code("alice", token, "import socket; print(socket.gethostname())").strip() == "jupyter-alice"
+        assert locations(cluster)["jupyter-alice"] == "m3"
+        hub.api("DELETE", "/users/alice/server")
+        hub.wait_stopped("alice")
+        assert "jupyter-alice" not in locations(cluster)
+        records = [json.loads(line) for line in (hub.state_dir / "alice" / "_default" / "audit.jsonl").read_text().splitlines()]
+        assert [(r["operation"], r["outcome"], r["member"]) for r in records] == [("start", "ok", "m3"), ("stop", "ok", "m3")]
+    finally:
+        hub.stop()
+
+
+def test_offline_member_gets_nothing_and_others_keep_working(cluster, tmp_path):
+    survivor = make_spawner(cluster, tmp_path, "survivor", placement=lambda sp, members: "m1")
+    run(survivor.start())
+    m3 = cluster.members[2]
+    m3.kill()
+    try:
+        cluster.wait_status("m3", "Offline", timeout=90)
+        spawners = [make_spawner(cluster, tmp_path, f"off{i}") for i in range(4)]
+        run(start_all(spawners))
+        spread = spread_of(cluster, spawners)
+        print(f"\n4 spawns with m3 offline: {dict(sorted(spread.items()))}")
+        assert "m3" not in spread and sum(spread.values()) == 4
+        assert run(survivor.poll()) is None
+        run(stop_all(spawners + [survivor]))
+    finally:
+        m3.start()
+        cluster.wait_status("m3", "Online", timeout=90)

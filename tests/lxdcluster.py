@@ -1,0 +1,197 @@
+"""A real 3-member LXD cluster on this machine, for placement tests.
+
+Three extra daemons, each with its own LXD_DIR, listen on 127.0.0.11-13:8443 in the host's
+network namespace; the first bootstraps the cluster by preseed, the others join with tokens.
+The machine's main LXD daemon is left alone. A tiny busybox image (no Jupyter in it) is built
+and imported for placement tests; the Jupyter image can be copied in when a test needs a server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pylxd
+from pylxd.client import get_session_for_url
+
+PROXY_ENV = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.0/8",
+             "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.0/8"}
+TINY = "tiny"
+
+
+class Member:
+    def __init__(self, base: Path, index: int):
+        self.name = f"m{index}"
+        self.address = f"127.0.0.{10 + index}"
+        self.url = f"https://{self.address}:8443"
+        self.dir = base / self.name
+        self.proc: subprocess.Popen | None = None
+
+    def env(self) -> dict:
+        return {**os.environ, **PROXY_ENV, "LXD_DIR": str(self.dir)}
+
+    def lxc(self, *args, input=None, check=True) -> str:
+        r = subprocess.run(["lxc", *args], env=self.env(), input=input, capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"lxc {' '.join(args)} on {self.name}: {r.stderr.strip()}")
+        return r.stdout
+
+    def start(self):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.dir / "daemon.log", "ab")
+        self.proc = subprocess.Popen(["lxd", "--group", "root", "--logfile", str(self.dir / "lxd.log")],
+                                     env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.run(["lxd", "waitready", "--timeout=60"], env=self.env(), check=True)
+
+    def preseed(self, text: str):
+        r = subprocess.run(["lxd", "init", "--preseed"], env=self.env(), input=text, text=True, capture_output=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"preseed of {self.name} failed: {r.stderr.strip()}")
+
+    def kill(self):
+        """SIGKILL the daemon (an abrupt member failure); its containers keep running."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            subprocess.run(["lxd", "shutdown", "--timeout=60"], env=self.env(), capture_output=True)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class LxdCluster:
+    def __init__(self, base: Path, size: int = 3):
+        self.base = base
+        self.members = [Member(base, i) for i in range(1, size + 1)]
+        self.cert = base / "client.crt"
+        self.key = base / "client.key"
+
+    @property
+    def first(self) -> Member:
+        return self.members[0]
+
+    @property
+    def server_cert(self) -> Path:
+        return self.first.dir / "cluster.crt"
+
+    def up(self):
+        first = self.first
+        first.start()
+        first.preseed(f"""
+config:
+  core.https_address: {first.address}:8443
+  images.auto_update_interval: "0"
+cluster:
+  server_name: {first.name}
+  enabled: true
+storage_pools:
+- name: local
+  driver: dir
+profiles:
+- name: default
+  devices:
+    root: {{path: /, pool: local, type: disk}}
+""")
+        for m in self.members[1:]:
+            token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
+            m.start()
+            m.preseed(f"""
+cluster:
+  enabled: true
+  server_name: {m.name}
+  server_address: {m.address}:8443
+  cluster_token: {token}
+  member_config:
+  - entity: storage-pool
+    name: local
+    key: source
+    value: ""
+""")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
+                        "-sha384", "-nodes", "-days", "2", "-subj", "/CN=tf-lxd-spawner-test",
+                        "-keyout", str(self.key), "-out", str(self.cert)], check=True, capture_output=True)
+        first.lxc("config", "trust", "add", str(self.cert))
+        return self
+
+    def import_image_from_host(self, alias: str, workdir: Path):
+        """Copy an image of the machine's main LXD daemon into the cluster (export + import)."""
+        subprocess.run(["lxc", "image", "export", alias, str(workdir / alias)], check=True, capture_output=True)
+        (exported,) = workdir.glob(f"{alias}*")
+        self.first.lxc("image", "import", str(exported), "--alias", alias)
+        exported.unlink()
+
+    def import_tiny_image(self):
+        """A busybox rootfs: containers start in well under a second on a dir pool."""
+        root = self.base / "tiny-build"
+        rootfs = root / "rootfs"
+        for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root"):
+            (rootfs / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy("/bin/busybox", rootfs / "bin" / "busybox")
+        applets = subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout.split()
+        for tool in applets:
+            target = rootfs / ("sbin" if tool == "init" else "bin") / tool
+            if not target.exists() and tool != "busybox":
+                target.symlink_to("/bin/busybox")
+        (rootfs / "etc" / "inittab").write_text("::sysinit:/bin/hostname -F /etc/hostname\n::respawn:/bin/sleep 3600\n")
+        (rootfs / "etc" / "hostname").write_text("tiny\n")
+        # Test stand-in for systemd: the server "unit" is active once the spawner's launch file
+        # exists (what the real image's unit requires), so poll() can be exercised.
+        shim = rootfs / "bin" / "systemctl"
+        shim.write_text("#!/bin/sh\n[ -f /etc/jupyterhub-singleuser/spawn.json ]\n")
+        shim.chmod(0o755)
+        (root / "metadata.yaml").write_text(f"architecture: {os.uname().machine}\ncreation_date: {int(time.time())}\n"
+                                            "properties:\n  description: busybox test image\n")
+        tarball = root / "tiny.tar"
+        with tarfile.open(tarball, "w") as tar:
+            tar.add(root / "metadata.yaml", "metadata.yaml")
+            tar.add(rootfs, "rootfs")
+        self.first.lxc("image", "import", str(tarball), "--alias", TINY)
+
+    def client(self) -> pylxd.Client:
+        return pylxd.Client(endpoint=self.first.url, cert=(str(self.cert), str(self.key)),
+                            verify=str(self.server_cert))
+
+    def api(self, method: str, path: str, **kw) -> dict:
+        """Raw REST call to the first member, pinned to the cluster certificate."""
+        s = get_session_for_url(self.first.url, verify=str(self.server_cert), cert=(str(self.cert), str(self.key)))
+        s.trust_env = False  # this machine's REQUESTS_CA_BUNDLE would replace the pinned cert
+        r = s.request(method, f"{self.first.url}{path}", timeout=60, **kw)
+        r.raise_for_status()
+        return r.json()
+
+    def wait_status(self, member: str, status: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = json.loads(self.first.lxc("cluster", "list", "--format", "json"))
+            if {m["server_name"]: m["status"] for m in out}.get(member) == status:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{member} did not become {status}")
+
+    def down(self):
+        alive = [m for m in self.members if m.proc and m.proc.poll() is None]
+        if alive:
+            try:
+                names = json.loads(alive[0].lxc("list", "--format", "json", check=False) or "[]")
+                for inst in names:
+                    alive[0].lxc("delete", "--force", inst["name"], check=False)
+            except (RuntimeError, ValueError):
+                pass
+        for m in reversed(self.members):
+            m.stop()
+        for m in self.members:
+            subprocess.run(["umount", "-R", "-l", str(m.dir)], capture_output=True)
+            subprocess.run(["bash", "-c", f"grep -o ' {m.dir}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l"],
+                           capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
