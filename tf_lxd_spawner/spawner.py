@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -466,21 +467,44 @@ class LxdSpawner(Spawner):
             self._spawn_done = True
             self._events_changed.set()
 
-    async def _start(self) -> str:
-        began = time.monotonic()
-        # User input is checked before anything is made: a refused image creates nothing.
+    async def _preflight(self) -> None:
+        """Check configuration, user input and the systems before anything is made: a spawn
+        refused here leaves no workspace, no instance and no port behind."""
         try:
             self.chosen_image = config_inputs.chosen_image(
                 self.allowed_images, (self.user_options or {}).get("image"), self.image)
+            config_inputs.pushed_files(self.files_to_push, self._expand)
+            disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, False)
+            config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit)
+            config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
+            config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands")
         except ConfigError as e:
             raise SpawnError(str(e)) from None
-        ws = self._workspace()
-        self.workspace = str(ws.path)
-        self.instance = self.instance or self._instance_name()
-        self._emit(5, f"Preparing workspace for {self.instance}")
-        async with ws.lock():
+        if not self.lxd_endpoint and not self.create_mount_dirs:
+            for d in disks:
+                if not await asyncio.to_thread(os.path.isdir, d["source"]):
+                    raise SpawnError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
+                                     "(create it, or set create_mount_dirs = True)")
+        source = self.module_source
+        if source.startswith(("/", "./", "../")) and not await asyncio.to_thread(os.path.isdir, source):
+            raise SpawnError(f"module_source {source!r} does not exist (or is not a directory)")
+        if shutil.which(self.terraform_path) is None:
+            raise SpawnError(f"terraform_path {self.terraform_path!r} was not found (is it installed and on PATH?)")
+        try:
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
                 raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")
+        except lxd.LxdUnavailable as e:
+            raise SpawnError(str(e)) from None
+
+    async def _start(self) -> str:
+        began = time.monotonic()
+        self.instance = self.instance or self._instance_name()
+        self._emit(2, f"Checking the request for {self.instance}")
+        await self._preflight()
+        ws = self._workspace()
+        self.workspace = str(ws.path)
+        self._emit(5, f"Preparing workspace for {self.instance}")
+        async with ws.lock():
             async with reservations.decide:  # choose and reserve as one step
                 self._target = await self._place()
                 reservations.reserve(self._target)
@@ -702,13 +726,18 @@ class LxdSpawner(Spawner):
 
     async def stop(self, now=False):
         if self._start_task is not None and not self._start_task.done():
+            self._emit(90, "Spawn cancelled (start_timeout exceeded or stop requested): removing what it made")
             self._start_task.cancel()
             try:
                 await self._start_task
             except BaseException:
                 pass
         ws = self._workspace()
+        if not await asyncio.to_thread(ws.path.exists):
+            return  # never got as far as a workspace: nothing to stop, nothing to record
         began = time.monotonic()
+        # After a hub restart mid-spawn the state is empty, but the name is deterministic.
+        self.instance = self.instance or self._instance_name()
         record = {"operation": "stop", "user": self.user.name, "server": self.name or "",
                   "instance": self.instance, "member": self.member, "image": self.chosen_image,
                   "kept": not self.remove}

@@ -10,6 +10,7 @@ killed.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -56,7 +57,10 @@ class TerraformError(RuntimeError):
         self.stderr = stderr
         stderr_lines = stderr.strip().splitlines()
         detail = "; ".join(errors) or (stderr_lines[-1] if stderr_lines else "")
-        how = "was killed" if returncode is not None and returncode < 0 else f"exited {returncode}"
+        if returncode is not None and returncode < 0:
+            how = f"was killed by {signal.Signals(-returncode).name}"
+        else:
+            how = f"exited {returncode}"
         super().__init__(f"terraform {command} {how}" + (f": {detail}" if detail else ""))
 
 
@@ -115,7 +119,8 @@ class TerraformRunner:
     def argv(self, command: str, *args: str) -> list[str]:
         argv = [self.binary, command]
         if command in ("apply", "destroy"):
-            argv += ["-auto-approve", "-input=false", "-json"]
+            # -lock-timeout: a run interrupted a moment ago may still be saving its state.
+            argv += ["-auto-approve", "-input=false", "-json", "-lock-timeout=120s"]
         elif command == "init":
             argv += ["-input=false", "-json"]
         elif command in ("output", "version"):
@@ -154,6 +159,7 @@ class TerraformRunner:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
                 umask=0o077,  # state, plans and .terraform/ may hold secrets: owner-only
+                preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
             raise TerraformError(
@@ -230,6 +236,20 @@ class TerraformRunner:
             return json.loads(out)
         except ValueError:
             return {}
+
+
+try:  # loaded here, not in the forked child: no loader work between fork and exec
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the hub dies, so a killed hub leaves no
+    terraform behind (Terraform then stops gracefully, saving its state and unlocking it)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _open_log(path: str | Path):

@@ -45,7 +45,7 @@ def test_events_streamed_logged_and_secrets_in_env_only(tmp_path, fake):
     result = asyncio.run(runner.run("apply", cwd=tmp_path, env={"TF_VAR_x": "s3cret"}, on_event=seen.append,
                                     log_path=log))
     assert result.returncode == 0
-    assert seen[0]["argv"] == ["apply", "-auto-approve", "-input=false", "-json"]
+    assert seen[0]["argv"] == ["apply", "-auto-approve", "-input=false", "-json", "-lock-timeout=120s"]
     assert seen[0]["secret_in_env"] is True
     assert json.loads(log.read_text().splitlines()[0])["type"] == "version"
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
