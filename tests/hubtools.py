@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 import websocket
 
-from conftest import CACHE, REPO, free_port
+from conftest import CACHE, free_port
 
 CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
 

@@ -181,15 +181,24 @@ async def image_exists(endpoint: Endpoint, image: str) -> bool:
     return await asyncio.to_thread(_call, endpoint, lambda c: _image_exists(c, image))
 
 
-def _delete_instance(client: pylxd.Client, name: str) -> bool:
-    try:
-        inst = client.instances.get(name)
-    except NotFound:
-        return False
-    if inst.status != "Stopped":
-        inst.stop(force=True, wait=True)
-    inst.delete(wait=True)
-    return True
+def _delete_instance(client: pylxd.Client, name: str, patience: float = 60) -> bool:
+    """Force-stop and delete; an instance still being created (its creator was killed) is
+    busy for a while, so keep trying until `patience` runs out."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            inst = client.instances.get(name)
+        except NotFound:
+            return False
+        try:
+            if inst.status not in ("Stopped", "Error"):
+                inst.stop(force=True, wait=True)
+            inst.delete(wait=True)
+            return True
+        except LXDAPIException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 async def delete_instance(endpoint: Endpoint, name: str) -> bool:

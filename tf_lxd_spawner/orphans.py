@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import lxd
 from .terraform import TerraformRunner
-from .workspace import Workspace, WorkspaceBusy
+from .workspace import Workspace, WorkspaceBusy, secret_env
 
 WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 
@@ -91,7 +91,7 @@ async def clean(report: Report, endpoint: lxd.Endpoint, runner: TerraformRunner)
         ws = Workspace(stale["workspace"])
         try:
             async with ws.lock():
-                await runner.run("destroy", cwd=ws.path, env={"TF_VAR_server_environment": "{}"},
+                await runner.run("destroy", cwd=ws.path, env=secret_env("server_environment", {}),
                                  log_path=ws.run_log("destroy"))
                 await ws.audit({"operation": "gc", "instance": stale["instance"], "outcome": "ok",
                                 "note": "instance had vanished; state cleared"})

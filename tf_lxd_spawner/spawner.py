@@ -26,7 +26,7 @@ from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
 from .terraform import TerraformError, TerraformRunner, concurrency_gate
-from .workspace import SECRET_INPUTS, Workspace, render_root, workspace_path
+from .workspace import SECRET_INPUTS, Workspace, render_root, secret_env, workspace_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROVIDER_REMOTE = "tf-lxd"
@@ -534,7 +534,7 @@ class LxdSpawner(Spawner):
         ticker = None
         try:
             self.listen_address, self.listen_port = await self._listen_on(ws)
-            secrets = {"TF_VAR_server_environment": json.dumps(self._container_env(api_inside))}
+            secrets = secret_env("server_environment", self._container_env(api_inside))
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
             main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], await self._provider_settings())
             if await ws.prepare(main_tf, inputs):
@@ -642,7 +642,7 @@ class LxdSpawner(Spawner):
     async def _destroy(self, ws: Workspace) -> None:
         if ws.tfvars.exists() and (ws.path / ".terraform").exists():
             # Destroy needs every root variable; the secret one is not needed to delete anything.
-            await self._terraform(ws, "destroy", env={"TF_VAR_server_environment": "{}"})
+            await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
             if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):

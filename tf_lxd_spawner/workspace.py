@@ -30,6 +30,11 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 SECRET_INPUTS = ("server_environment",)
 
 
+def secret_env(name: str, value) -> dict[str, str]:
+    """The TF_VAR_* entry carrying a secret input, as JSON text (see the root template)."""
+    return {f"TF_VAR_{name}_json": json.dumps(value)}
+
+
 class WorkspaceBusy(RuntimeError):
     """Another process holds this server's workspace lock."""
 

@@ -8,19 +8,15 @@ Terraform, and a real hub adds nothing there. The last test runs a real hub on t
 
 import asyncio
 import json
-import os
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from conftest import CACHE
+import spawnerstub
 from hubtools import Hub
 from lxdcluster import TINY, LxdCluster
-from tf_lxd_spawner import LxdSpawner
 from tf_lxd_spawner.placement import reservations
 
 pytestmark = pytest.mark.e2e
@@ -41,17 +37,10 @@ def cluster():
 
 
 def make_spawner(cluster, state_dir, username, **traits):
-    user = SimpleNamespace(name=username, url=f"/user/{username}/", escaped_name=username, state=None)
-    hub = SimpleNamespace(api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="",
-                          url="http://127.0.0.1:8081/hub/")
-    settings = dict(
-        image=TINY, lxd_endpoint=cluster.first.url, lxd_cert=str(cluster.cert), lxd_key=str(cluster.key),
-        lxd_verify=str(cluster.server_cert), state_dir=str(state_dir),
-        terraform_cli_config=str(CACHE / "terraform" / "cli.tfrc"), api_token=os.urandom(8).hex(),
-        oauth_client_id=f"jupyterhub-user-{username}",
-    )
+    settings = dict(image=TINY, lxd_endpoint=cluster.first.url, lxd_cert=str(cluster.cert),
+                    lxd_key=str(cluster.key), lxd_verify=str(cluster.server_cert))
     settings.update(traits)
-    return LxdSpawner(user=user, hub=hub, **settings)
+    return spawnerstub.make_spawner(state_dir, username, **settings)
 
 
 def locations(cluster):

@@ -1,0 +1,111 @@
+"""Bad input: each refused with a message naming the problem, nothing created, nothing leaked.
+Hostile user and server names: valid, unique instance names and no way into the HCL."""
+
+import asyncio
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGE
+from spawnerstub import make_spawner
+from tf_lxd_spawner.spawner import SpawnError
+
+pytestmark = pytest.mark.e2e
+
+
+def refused(tmp_path, lxd_client, message, username="bad", user_options=None, **traits):
+    before = {i.name for i in lxd_client.instances.all()}
+    sp = make_spawner(tmp_path / "state", username, **{"image": IMAGE, **traits})
+    sp.user_options = user_options or {}
+    with pytest.raises(SpawnError, match=message):
+        asyncio.run(sp.start())
+    assert not (tmp_path / "state").exists(), "a refused spawn must not create a workspace"
+    assert {i.name for i in lxd_client.instances.all()} == before
+    assert sp.listen_port is None
+
+
+def test_nonexistent_image(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, "image 'no-such-image' does not exist on the LXD server", image="no-such-image")
+
+
+def test_image_outside_allowed_images(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, r"image 'images:debian/12' is not allowed; choose one of \['Standard'\]",
+            allowed_images={"Standard": IMAGE}, user_options={"image": "images:debian/12"})
+
+
+def test_missing_push_source(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, r"files_to_push\[0\]: source '/nonexistent/bad' does not exist on the hub host",
+            files_to_push=[["/nonexistent/{username}", "/etc/x"]])
+
+
+def test_missing_mount_source(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, "host directory '/nonexistent/homes/bad' does not exist",
+            filesystems_to_mount=[["home", "/nonexistent/homes/{username}", "/home/{username}"]])
+
+
+@pytest.mark.parametrize("traits,message", [
+    ({"mem_limit": "1K"}, "mem_limit 1024 bytes is too small"),
+    ({"cpu_limit": -1.0}, "cpu_limit -1.0 must be a positive number of CPUs"),
+    ({"process_limit": -5}, "process_limit -5 must be positive"),
+])
+def test_nonsense_limits(tmp_path, lxd_client, traits, message):
+    refused(tmp_path, lxd_client, message, **traits)
+
+
+def test_module_source_missing(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, "module_source '/nonexistent/module' does not exist",
+            module_source="/nonexistent/module")
+
+
+def test_terraform_path_missing(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, "terraform_path 'no-such-terraform' was not found",
+            terraform_path="no-such-terraform")
+
+
+def test_lxd_unreachable(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, r"LXD is not reachable at https://127\.0\.0\.1:1",
+            lxd_endpoint="https://127.0.0.1:1", lxd_verify=False)
+
+
+HOSTILE = [
+    ('o"brien', ""),
+    ('${file("/etc/passwd")}', 'x"}; resource "x" "y" {'),
+    ("%{ for x in y }", "line\nbreak"),
+    ("zoë-名前", "é"),
+    ("u" * 85, "s" * 90),
+]
+
+
+def test_hostile_names_are_data_not_code(tmp_path, lxd_client):
+    state = tmp_path / "state"
+    spawners = [make_spawner(state, user, server, image=IMAGE) for user, server in HOSTILE]
+
+    async def go():
+        return await asyncio.gather(*(s.start() for s in spawners), return_exceptions=True)
+
+    results = asyncio.run(go())
+    try:
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        names = [s.instance for s in spawners]
+        assert len(set(names)) == len(names)
+        for s, (user, server) in zip(spawners, HOSTILE):
+            assert re.fullmatch(r"[a-z][a-z0-9-]{0,61}[a-z0-9]", s.instance), s.instance
+            ws = Path(s.workspace)
+            assert ws.parent.parent == state  # no name steps out of its directory
+            main_tf = (ws / "main.tf").read_text()
+            assert user not in main_tf and (not server or server not in main_tf)
+            tfvars = json.loads((ws / "terraform.tfvars.json").read_text())
+            assert tfvars["labels"]["user"] == user and tfvars["labels"]["server"] == server
+            # The names reached LXD intact, as values: nothing was interpreted on the way.
+            config = lxd_client.instances.get(s.instance).config
+            assert config["user.tf-lxd-spawner.user"] == user
+            assert config.get("user.tf-lxd-spawner.server", "") == server  # LXD drops empty values
+    finally:
+        async def stop_all():
+            await asyncio.gather(*(s.stop() for s in spawners))
+
+        asyncio.run(stop_all())
+    for s in spawners:
+        assert not lxd_client.instances.exists(s.instance)
