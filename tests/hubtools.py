@@ -92,6 +92,13 @@ class Hub:
                 self.proc.wait()
         self.proc = None
 
+    def kill(self):
+        """SIGKILL the hub process alone (a crash): its children get no chance to clean up."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def log_tail(self, n=60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import shutil
 import time
@@ -26,7 +25,7 @@ from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
 from .terraform import TerraformError, TerraformRunner, concurrency_gate
-from .workspace import SECRET_INPUTS, Workspace, render_root, secret_env, workspace_path
+from .workspace import SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env, workspace_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROVIDER_REMOTE = "tf-lxd"
@@ -704,10 +703,11 @@ class LxdSpawner(Spawner):
                 pass
 
     async def poll(self):
-        if not self.instance:
-            return 0
         if self._start_task is not None and not self._start_task.done():
             return None
+        if not self.instance:
+            await self._recover_interrupted_spawn()
+            return 0
         try:
             info = await lxd.instance(self.endpoint, self.instance)
             if info is None:
@@ -723,6 +723,33 @@ class LxdSpawner(Spawner):
             self.log.warning("poll(%s): %s", self.instance, e)
             return None
         return None
+
+    async def _recover_interrupted_spawn(self) -> None:
+        """No saved state, yet the workspace may hold what a spawn made before its hub died
+        (the hub saves state only when a start completes): destroy it, and say so in the audit."""
+        ws = self._workspace()
+        if not await asyncio.to_thread(ws.path.exists):
+            return
+        name = self._instance_name()
+        try:
+            leftover = bool(await asyncio.to_thread(ws.state_resources))
+            if not leftover:
+                info = await lxd.instance(self.endpoint, name)
+                leftover = bool(info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path))
+            if not leftover:
+                return
+            self.log.warning("Cleaning up %s, left by a spawn the hub did not finish", name)
+            async with ws.lock():
+                self.instance = name
+                try:
+                    await self._destroy(ws)
+                    await ws.audit({"operation": "recover", "user": self.user.name, "server": self.name or "",
+                                    "instance": name, "outcome": "ok",
+                                    "note": "removed what an interrupted spawn had made"})
+                finally:
+                    self.instance = ""
+        except (lxd.LxdUnavailable, TerraformError, WorkspaceBusy) as e:
+            self.log.error("Could not clean up after the interrupted spawn of %s: %s", name, e)
 
     async def stop(self, now=False):
         if self._start_task is not None and not self._start_task.done():

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import signal
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -147,57 +148,89 @@ class TerraformRunner:
         return await self._run(command, args, cwd, env, on_event, log_path, check)
 
     async def _run(self, command, args, cwd, env, on_event, log_path, check) -> RunResult:
+        """Streaming commands write their events straight into the run log (not a pipe) and are
+        followed from there: if the hub dies mid-run, Terraform is not killed by a broken pipe
+        but stops gracefully (it gets SIGTERM), saving its state and releasing its lock."""
         argv = self.argv(command, *args)
         started = time.monotonic()
+        streaming = command in self.STREAMING
+        scratch = None
+        if streaming and log_path is None:
+            scratch = tempfile.NamedTemporaryFile(prefix="tf-lxd-run-", suffix=".jsonl", delete=False)
+            scratch.close()
+            log_path = scratch.name
+        out_fd = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if streaming else None
+        err_file = tempfile.TemporaryFile()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(cwd),
-                env=self._environ(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
-                umask=0o077,  # state, plans and .terraform/ may hold secrets: owner-only
-                preexec_fn=_die_with_parent,
-            )
-        except FileNotFoundError:
-            raise TerraformError(
-                command, None, [f"terraform_path {self.binary!r} was not found (is it installed and on PATH?)"]
-            ) from None
-        log = _open_log(log_path) if log_path else None
-        events: list[Event] = []
-        stdout_lines: list[str] = []
-        stderr_task = asyncio.ensure_future(proc.stderr.read())
-        try:
-            async for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace")
-                if log:
-                    log.write(line if line.endswith("\n") else line + "\n")
-                    log.flush()
-                if command not in self.STREAMING:
-                    stdout_lines.append(line)
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                events.append(event)
-                if on_event:
-                    on_event(event)
-            returncode = await proc.wait()
-            stderr = (await stderr_task).decode("utf-8", "replace")
-        except asyncio.CancelledError:
-            await self._interrupt(proc)
-            stderr_task.cancel()
-            raise
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=str(cwd),
+                    env=self._environ(env),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out_fd if streaming else asyncio.subprocess.PIPE,
+                    stderr=err_file,
+                    start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
+                    umask=0o077,  # state, plans and .terraform/ may hold secrets: owner-only
+                    preexec_fn=_die_with_parent,
+                )
+            except FileNotFoundError:
+                raise TerraformError(
+                    command, None, [f"terraform_path {self.binary!r} was not found (is it installed and on PATH?)"]
+                ) from None
+            finally:
+                if out_fd is not None:
+                    os.close(out_fd)
+            events: list[Event] = []
+            stdout = ""
+            try:
+                if streaming:
+                    await self._follow(proc, log_path, events, on_event)
+                    returncode = proc.returncode
+                else:
+                    out, _ = await proc.communicate()
+                    stdout = out.decode("utf-8", "replace")
+                    if log_path:
+                        await asyncio.to_thread(_append_private, log_path, stdout)
+                    returncode = proc.returncode
+            except asyncio.CancelledError:
+                await self._interrupt(proc)
+                raise
+            err_file.seek(0)
+            stderr = err_file.read().decode("utf-8", "replace")
         finally:
-            if log:
-                log.close()
-        result = RunResult(command, returncode, time.monotonic() - started, events, "".join(stdout_lines))
+            err_file.close()
+            if scratch is not None:
+                os.unlink(scratch.name)
+        result = RunResult(command, returncode, time.monotonic() - started, events, stdout)
         if check and returncode != 0:
             raise TerraformError(command, returncode, diagnostic_errors(events), stderr)
         return result
+
+    async def _follow(self, proc, log_path, events: list[Event], on_event: EventCallback | None) -> None:
+        """Hand each complete event line of the log to on_event until the process has exited."""
+        pending = ""
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            while True:
+                exited = proc.returncode is not None
+                chunk = await asyncio.to_thread(log.read)
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    try:
+                        event = json.loads(line)
+                    except ValueError:
+                        continue
+                    events.append(event)
+                    if on_event:
+                        on_event(event)
+                if exited:
+                    return
+                if not chunk:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
+                    except asyncio.TimeoutError:
+                        pass
 
     async def _interrupt(self, proc: asyncio.subprocess.Process) -> None:
         """SIGINT first (Terraform then saves state and unlocks), SIGKILL after the grace period."""
@@ -252,6 +285,7 @@ def _die_with_parent() -> None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _open_log(path: str | Path):
+def _append_private(path: str | Path, text: str) -> None:
     fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8")
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(text)

@@ -212,11 +212,12 @@ class Workspace:
             return {}
 
     def state_resources(self) -> list[dict]:
-        """Resources in the Terraform state ([] when there is no state yet)."""
+        """Resources in the Terraform state ([] when there is none yet, or when a run that died
+        left it empty: then LXD, not the state, tells what exists)."""
         try:
             with open(self.state_file, encoding="utf-8") as f:
                 return json.load(f).get("resources", [])
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return []
 
     def provider_versions(self) -> dict[str, str]:
