@@ -91,6 +91,7 @@ async def clean(report: Report, endpoint: lxd.Endpoint, runner: TerraformRunner)
         ws = Workspace(stale["workspace"])
         try:
             async with ws.lock():
+                await runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
                 await runner.run("destroy", cwd=ws.path, env=secret_env("server_environment", {}),
                                  log_path=ws.run_log("destroy"))
                 await ws.audit({"operation": "gc", "instance": stale["instance"], "outcome": "ok",

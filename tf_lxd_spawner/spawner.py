@@ -637,11 +637,21 @@ class LxdSpawner(Spawner):
         self.listen_port = None
         await ws.audit({**record, "member": self._target or "", "outcome": "failed", "error": reason,
                         "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+        self.instance = ""  # nothing of it is left to poll or stop
 
     async def _destroy(self, ws: Workspace) -> None:
         if ws.tfvars.exists() and (ws.path / ".terraform").exists():
             # Destroy needs every root variable; the secret one is not needed to delete anything.
-            await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+            try:
+                await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+            except TerraformError:
+                # The instance was deleted behind Terraform's back: forget it, then destroy
+                # whatever else the module made. If it still exists, the failure is real.
+                if self.instance and await lxd.instance(self.endpoint, self.instance) is not None:
+                    raise
+                forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
+                self.log.warning("Instance %s was already gone; removed %s from the state", self.instance, forgotten)
+                await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
             if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
@@ -711,18 +721,27 @@ class LxdSpawner(Spawner):
         try:
             info = await lxd.instance(self.endpoint, self.instance)
             if info is None:
-                return 1
-            if info.status != "Running":
-                return 1
-            if info.location:
-                self.member = info.location
-            if not await lxd.unit_active(self.endpoint, self.instance):
-                return 1
+                reason = "the instance no longer exists"
+            elif info.status != "Running":
+                reason = f"the instance is {info.status}"
+            else:
+                if info.location:
+                    self.member = info.location
+                if await lxd.unit_active(self.endpoint, self.instance):
+                    return None
+                reason = "the server unit is not active"
         except lxd.LxdUnavailable as e:
             # Cannot tell: do not declare a server dead because LXD is briefly unreachable.
             self.log.warning("poll(%s): %s", self.instance, e)
             return None
-        return None
+        # The hub will not call stop() for a server poll() reports dead: clean up here, so no
+        # container or port is left behind and the audit says what happened.
+        try:
+            await self._stop(reason=f"found dead by poll: {reason}")
+        except Exception as e:  # recorded in the audit by _stop; the server is dead either way
+            self.log.error("Cleaning up dead server %s failed: %s", self.instance, e)
+        self.instance = ""  # done: a later poll (the hub's stop checks again) finds nothing to do
+        return 1
 
     async def _recover_interrupted_spawn(self) -> None:
         """No saved state, yet the workspace may hold what a spawn made before its hub died
@@ -759,6 +778,9 @@ class LxdSpawner(Spawner):
                 await self._start_task
             except BaseException:
                 pass
+        await self._stop()
+
+    async def _stop(self, reason: str = "") -> None:
         ws = self._workspace()
         if not await asyncio.to_thread(ws.path.exists):
             return  # never got as far as a workspace: nothing to stop, nothing to record
@@ -767,7 +789,7 @@ class LxdSpawner(Spawner):
         self.instance = self.instance or self._instance_name()
         record = {"operation": "stop", "user": self.user.name, "server": self.name or "",
                   "instance": self.instance, "member": self.member, "image": self.chosen_image,
-                  "kept": not self.remove}
+                  "kept": not self.remove, **({"reason": reason} if reason else {})}
         async with ws.lock():
             try:
                 if self.remove:

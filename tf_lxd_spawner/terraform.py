@@ -249,6 +249,15 @@ class TerraformRunner:
                 pass
             await proc.wait()
 
+    async def forget_containers(self, cwd: str | Path, log_path: str | Path | None = None) -> list[str]:
+        """`state rm` every lxd_container in the state: for instances already gone from LXD,
+        which provider v1.5.0 cannot refresh away (its read fails with "Instance not found")."""
+        listed = await self.run("state", "list", cwd=cwd)
+        gone = [a for a in listed.stdout.split() if a.split(".")[-2:-1] == ["lxd_container"]]
+        if gone:
+            await self.run("state", "rm", "-lock-timeout=120s", *gone, cwd=cwd, log_path=log_path)
+        return gone
+
     async def outputs(self, cwd: str | Path, env: Mapping[str, str] | None = None) -> dict:
         """The root module's outputs as {name: value}."""
         result = await self.run("output", cwd=cwd, env=env)
