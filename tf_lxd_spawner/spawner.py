@@ -805,6 +805,25 @@ class LxdSpawner(Spawner):
         ports.release(self.listen_address, self.listen_port)
         self.listen_port = None
         self.url = ""
+        self._revoke_token_the_hub_forgot()
+
+    def _revoke_token_the_hub_forgot(self) -> None:
+        """JupyterHub does not persist a server's API token: after a hub restart its stop() cannot
+        revoke it, and the token would outlive the server. Revoke it here, found by the note the
+        hub gave it ("Server at <base_url>"). Storing the token in our state instead would put
+        it in the hub database in clear text."""
+        if self.api_token or self.will_resume or self.server is None:
+            return  # the hub knows the token and revokes it itself
+        db, orm_user = getattr(self.user, "db", None), getattr(self.user, "orm_user", None)
+        if db is None or orm_user is None:
+            return
+        note = f"Server at {self.server.base_url}"
+        stale = [t for t in orm_user.api_tokens if t.note == note]
+        for token in stale:
+            db.delete(token)
+        if stale:
+            db.commit()
+            self.log.info("Revoked %d API token(s) of %s left from before a hub restart", len(stale), self.instance)
 
     async def delete_forever(self):
         """The server (or its user) is deleted: destroy a kept instance and archive the

@@ -116,10 +116,16 @@ def test_hub_restart_finds_alice_without_respawn(hub, lxd_client):
 def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
     ws, before = instance_of(hub, "alice")
     name = before[-1]["instance"]
-    r = hub.api("DELETE", "/users/alice/server")
-    assert r.status_code in (202, 204), r.text
-    hub.wait_stopped("alice")
+    token = container_token(lxd_client, name)
+    assert hub.api("GET", "/user", token=token).status_code == 200  # the server's token, while it runs
+    with CmdlineWatcher() as argv_seen:
+        r = hub.api("DELETE", "/users/alice/server")
+        assert r.status_code in (202, 204), r.text
+        hub.wait_stopped("alice")
+    assert not any(token in argv for argv in argv_seen.seen)
     assert not lxd_client.instances.exists(name)
+    # A stopped server's API token no longer opens anything on the hub.
+    assert hub.api("GET", "/user", token=token).status_code == 403
     state = json.loads((ws / "terraform.tfstate").read_text())
     assert state["resources"] == []
     _, records = instance_of(hub, "alice")
