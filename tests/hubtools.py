@@ -204,6 +204,29 @@ class Hub:
             requests.delete(base + f"api/kernels/{kernel}", headers=headers, timeout=30)
 
 
+def shut_down(hub: "Hub", lxd_client) -> None:
+    """Module teardown: stop every server through the hub, stop the hub, then delete whatever
+    instance this hub made that is still there (so a failed test leaves nothing behind)."""
+    if hub.proc is None:
+        hub.start()
+    users = hub.api("GET", "/users").json()
+    for u in users:
+        for server in u.get("servers", {}):
+            hub.api("DELETE", f"/users/{u['name']}/servers/{server}" if server else f"/users/{u['name']}/server")
+    for u in users:
+        for server in u.get("servers", {}):
+            try:
+                hub.wait_stopped(u["name"], server)
+            except AssertionError:
+                pass
+    hub.stop()
+    for inst in lxd_client.instances.all():
+        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
+            if inst.status != "Stopped":
+                inst.stop(force=True, wait=True)
+            inst.delete(wait=True)
+
+
 class CmdlineWatcher:
     """Collects every process's argv while running, to prove a secret never appears there."""
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from conftest import IMAGE, REPO
-from hubtools import Hub
+from hubtools import Hub, shut_down
 from spawnerstub import make_spawner
 
 pytestmark = pytest.mark.e2e
@@ -34,18 +34,7 @@ c.Spawner.pre_spawn_hook = hook
 """
     hub = Hub(work, extra).start()
     yield hub
-    if hub.proc is None:
-        hub.start()
-    for u in hub.api("GET", "/users").json():
-        if u.get("servers"):
-            hub.api("DELETE", f"/users/{u['name']}/server")
-    time.sleep(2)
-    hub.stop()
-    for inst in lxd_client.instances.all():
-        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
-            if inst.status != "Stopped":
-                inst.stop(force=True, wait=True)
-            inst.delete(wait=True)
+    shut_down(hub, lxd_client)
 
 
 def workspace(hub, user):

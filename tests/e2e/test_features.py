@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import MODULE_DIR
-from hubtools import Hub
+from hubtools import Hub, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -92,22 +92,7 @@ c.Spawner.pre_spawn_hook = hook
     hub = Hub(work, extra).start()
     hub.work = work
     yield hub
-    users = hub.api("GET", "/users").json()
-    for u in users:
-        for server in u.get("servers", {}):
-            hub.api("DELETE", f"/users/{u['name']}/servers/{server}" if server else f"/users/{u['name']}/server")
-    for u in users:
-        for server in u.get("servers", {}):
-            try:
-                hub.wait_stopped(u["name"], server)
-            except AssertionError:
-                pass
-    hub.stop()
-    for inst in lxd_client.instances.all():
-        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
-            if inst.status != "Stopped":
-                inst.stop(force=True, wait=True)
-            inst.delete(wait=True)
+    shut_down(hub, lxd_client)
     if lxd_client.profiles.exists(PROFILE):
         lxd_client.profiles.get(PROFILE).delete()
     image.delete_alias(ALT_ALIAS)

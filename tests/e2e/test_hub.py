@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from hubtools import CmdlineWatcher, Hub
+from hubtools import CmdlineWatcher, Hub, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -18,19 +18,7 @@ pytestmark = pytest.mark.e2e
 def hub(tmp_path_factory, lxd_client):
     hub = Hub(tmp_path_factory.mktemp("hub")).start()
     yield hub
-    for user in ("alice", "bob", "carol"):
-        hub.api("DELETE", f"/users/{user}/server")
-    for user in ("alice", "bob", "carol"):
-        try:
-            hub.wait_stopped(user)
-        except AssertionError:
-            pass
-    hub.stop()
-    # Safety net: nothing this hub made may survive the module.
-    for inst in lxd_client.instances.all():
-        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
-            inst.stop(force=True, wait=True) if inst.status != "Stopped" else None
-            inst.delete(wait=True)
+    shut_down(hub, lxd_client)
 
 
 def instance_of(hub, user, server=""):
