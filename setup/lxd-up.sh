@@ -9,6 +9,14 @@ log=${LXD_LOG:-/var/log/lxd-tf-lxd-spawner.log}
 allow_ids=${LXD_ALLOW_IDS:-}
 
 added=0
+# Unprivileged containers need a large subordinate id range for root; the lxd package does not
+# always provide one (seen: a reinstall leaves none). 1000000:1000000000 is LXD's own default.
+for f in /etc/subuid /etc/subgid; do
+  if ! awk -F: '$1 == "root" && $3 >= 65536 {found=1} END {exit !found}' "$f" 2>/dev/null; then
+    echo "root:1000000:1000000000" >>"$f"
+    added=1
+  fi
+done
 for id in $allow_ids; do
   for f in /etc/subuid /etc/subgid; do
     if ! grep -qx "root:$id:1" "$f" 2>/dev/null; then
@@ -18,7 +26,7 @@ for id in $allow_ids; do
   done
 done
 if [ "$added" = 1 ] && lxc info >/dev/null 2>&1; then
-  echo "lxd-up: restarting LXD to allow ids: $allow_ids"
+  echo "lxd-up: restarting LXD to read the new /etc/subuid and /etc/subgid"
   lxd shutdown
 fi
 
