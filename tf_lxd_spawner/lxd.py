@@ -82,11 +82,16 @@ def forget(endpoint: Endpoint) -> None:
 
 
 def _call(endpoint: Endpoint, fn):
-    try:
-        return fn(_connect(endpoint))
-    except (ClientConnectionFailed, requests.ConnectionError, ConnectionError) as e:
-        forget(endpoint)
-        raise LxdUnavailable(f"LXD is not reachable at {endpoint.url or 'the local unix socket'}: {e}") from e
+    """Run fn(client). A connection error is tried once more on a new connection (a kept-alive
+    socket the daemon closed, or a daemon that restarted, is not an outage); a second one is."""
+    for attempt in (1, 2):
+        try:
+            return fn(_connect(endpoint))
+        except (ClientConnectionFailed, requests.ConnectionError, ConnectionError) as e:
+            forget(endpoint)
+            if attempt == 2:
+                where = endpoint.url or "the local unix socket"
+                raise LxdUnavailable(f"LXD is not reachable at {where}: {e}") from e
 
 
 def _members(client: pylxd.Client) -> list[Member]:
