@@ -20,7 +20,7 @@ from markupsafe import escape
 from traitlets import Any, Bool, Callable, Dict, Enum, Int, List, Tuple, Unicode, Union, default
 
 from . import inputs as config_inputs
-from . import lxd, naming
+from . import lxd, naming, provider
 from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
@@ -28,7 +28,6 @@ from .terraform import TerraformError, TerraformRunner, concurrency_gate
 from .workspace import SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env, workspace_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROVIDER_REMOTE = "tf-lxd"
 
 
 def default_module_source() -> str:
@@ -335,14 +334,10 @@ class LxdSpawner(Spawner):
     def _disks(self, uid: int, gid: int) -> list[dict]:
         shift = self.mount_idmap == "shift" and not self.privileged_container
         disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, shift)
-        local = not self.lxd_endpoint
-        for d in disks:
+        for d in disks:  # existence was checked in _preflight
             if self.create_mount_dirs and not os.path.exists(d["source"]):
                 os.makedirs(d["source"], mode=0o750)
                 os.chown(d["source"], uid, gid)
-            if local and not os.path.isdir(d["source"]):
-                raise ConfigError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
-                                  "(create it, or set create_mount_dirs = True)")
         return disks
 
     def _instance_config(self, uid: int, gid: int) -> dict[str, str]:
@@ -374,7 +369,7 @@ class LxdSpawner(Spawner):
             "listen_port": listen_port,
             "hub_address": hub_host,
             "hub_port": hub_port,
-            "files": config_inputs.pushed_files(self.files_to_push, self._expand),
+            "files": self._files,
             "disks": await asyncio.to_thread(self._disks, uid, gid),
             "limits": config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit),
             "privileged": bool(self.privileged_container),
@@ -433,6 +428,7 @@ class LxdSpawner(Spawner):
         self._apply_started: float | None = None
         self._target: str | None = None
         self._ids: tuple[int, int] = (1000, 1000)
+        self._files: list[dict] = []  # files_to_push as checked by _preflight
         self.chosen_image = self.image
 
     @default("options_form")
@@ -472,7 +468,7 @@ class LxdSpawner(Spawner):
         try:
             self.chosen_image = config_inputs.chosen_image(
                 self.allowed_images, (self.user_options or {}).get("image"), self.image)
-            config_inputs.pushed_files(self.files_to_push, self._expand)
+            self._files = await asyncio.to_thread(config_inputs.pushed_files, self.files_to_push, self._expand)
             disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, False)
             config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit)
             config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
@@ -535,7 +531,10 @@ class LxdSpawner(Spawner):
             self.listen_address, self.listen_port = await self._listen_on(ws)
             secrets = secret_env("server_environment", self._container_env(api_inside))
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
-            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], await self._provider_settings())
+            provider_settings = await asyncio.to_thread(
+                provider.settings, self.provider_refresh_interval, self.lxd_endpoint, self.lxd_cert,
+                self.lxd_key, self.lxd_verify, self.state_dir)
+            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
             if await ws.prepare(main_tf, inputs):
                 self._emit(10, "Initialising Terraform")
                 await self._terraform(ws, "init")
@@ -656,38 +655,6 @@ class LxdSpawner(Spawner):
             info = await lxd.instance(self.endpoint, self.instance)
             if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
                 await lxd.delete_instance(self.endpoint, self.instance)
-
-    async def _provider_settings(self) -> dict:
-        """Provider block settings; for an https endpoint, a private config dir holding the
-        client certificate and the pinned server certificate, as the provider expects them."""
-        settings = {"refresh_interval": self.provider_refresh_interval, "remote": None, "config_dir": None,
-                    "accept_remote_certificate": False}
-        if not self.lxd_endpoint:
-            return settings
-        url = urlparse(self.lxd_endpoint)
-        settings["remote"] = {"name": PROVIDER_REMOTE, "scheme": "https", "address": url.hostname,
-                              "port": str(url.port or 8443)}
-        settings["accept_remote_certificate"] = self.lxd_verify is False
-        settings["config_dir"] = await asyncio.to_thread(self._write_provider_config_dir)
-        return settings
-
-    def _write_provider_config_dir(self) -> str:
-        base = Path(os.path.abspath(self.state_dir)) / ".lxd-provider"
-        wanted = {}
-        if self.lxd_cert and self.lxd_key:
-            wanted["client.crt"] = self.lxd_cert
-            wanted["client.key"] = self.lxd_key
-        if isinstance(self.lxd_verify, str):
-            wanted[f"servercerts/{PROVIDER_REMOTE}.crt"] = self.lxd_verify
-        for rel, src in wanted.items():
-            dest = base / rel
-            dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            data = Path(src).read_bytes()
-            if not dest.exists() or dest.read_bytes() != data:
-                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-        return str(base)
 
     _tool_versions: dict | None = None
 

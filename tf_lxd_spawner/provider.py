@@ -1,0 +1,45 @@
+"""Settings of the LXD provider block in the root main.tf.
+
+For the local unix socket there is little to say. For an https endpoint the provider (v1.5.0)
+reads its client certificate and the server certificates it trusts from a config directory:
+a private `<state_dir>/.lxd-provider/` is kept in step with the operator's files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+REMOTE = "tf-lxd"
+
+
+def _write_private_copy(src: str, dest: Path) -> None:
+    data = Path(src).read_bytes()
+    if dest.exists() and dest.read_bytes() == data:
+        return
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def settings(refresh_interval: str, endpoint: str, cert: str, key: str, verify, state_dir: str) -> dict:
+    """What the root template needs. Blocking (copies files): call it in a thread."""
+    result = {"refresh_interval": refresh_interval, "remote": None, "config_dir": None,
+              "accept_remote_certificate": False}
+    if not endpoint:
+        return result
+    url = urlparse(endpoint)
+    config_dir = Path(os.path.abspath(state_dir)) / ".lxd-provider"
+    if cert and key:
+        _write_private_copy(cert, config_dir / "client.crt")
+        _write_private_copy(key, config_dir / "client.key")
+    if isinstance(verify, str):
+        _write_private_copy(verify, config_dir / "servercerts" / f"{REMOTE}.crt")
+    result.update(
+        remote={"name": REMOTE, "scheme": "https", "address": url.hostname, "port": str(url.port or 8443)},
+        accept_remote_certificate=verify is False,
+        config_dir=str(config_dir),
+    )
+    return result
