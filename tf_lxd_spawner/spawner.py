@@ -24,7 +24,7 @@ from . import lxd, naming, provider
 from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
-from .terraform import TerraformError, TerraformRunner, concurrency_gate
+from .terraform import TerraformError, TerraformRunner, concurrency_gate, planned_replacements
 from .workspace import SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env, workspace_path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -517,7 +517,8 @@ class LxdSpawner(Spawner):
         if self._target:
             members = {m.name: m for m in await lxd.members(self.endpoint)}
             address = members[self._target].address or address
-        previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if ws.state_resources() else None
+        kept = await asyncio.to_thread(ws.state_resources)
+        previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if kept else None
         return address, ports.reuse_or_allocate(address, previous, *self.proxy_port_range)
 
     async def _create(self, ws: Workspace, began: float) -> str:
@@ -527,6 +528,7 @@ class LxdSpawner(Spawner):
         record = {"operation": "start", "user": self.user.name, "server": self.name or "",
                   "instance": self.instance, "image": self.chosen_image}
         ticker = None
+        resuming = False
         try:
             self.listen_address, self.listen_port = await self._listen_on(ws)
             secrets = secret_env("server_environment", self._container_env(api_inside))
@@ -539,9 +541,11 @@ class LxdSpawner(Spawner):
                 self._emit(10, "Initialising Terraform")
                 await self._terraform(ws, "init")
                 await ws.mark_initialised(main_tf)
-            resuming = bool(ws.state_resources())
+            resuming = bool(await asyncio.to_thread(ws.state_resources))
             if not resuming:
                 await self._remove_stray_instance(ws)
+            elif not self.remove:
+                await self._refuse_replacing_kept_instance(ws, secrets)
             self._emit(30, f"Applying the notebook module for {self.instance}")
             ticker = asyncio.ensure_future(self._tick_while_creating())
             for attempt in range(1, self.apply_attempts + 1):
@@ -564,7 +568,8 @@ class LxdSpawner(Spawner):
             if ticker:
                 ticker.cancel()
             reason = "cancelled (timeout or stop)" if isinstance(e, asyncio.CancelledError) else str(e)
-            await asyncio.shield(self._clean_failed_start(ws, record, began, reason))
+            keep = resuming and not self.remove  # a kept instance holds the user's files
+            await asyncio.shield(self._clean_failed_start(ws, record, began, reason, keep))
             if isinstance(e, (TerraformError, SpawnError, asyncio.CancelledError)):
                 raise
             raise SpawnError(f"starting {self.instance} failed: {e}") from e
@@ -575,6 +580,19 @@ class LxdSpawner(Spawner):
                         **await self._versions(ws)})
         self._emit(90, f"Waiting for the server at {self.url}")
         return self.url
+
+    async def _refuse_replacing_kept_instance(self, ws: Workspace, secrets: dict) -> None:
+        """A kept instance holds the user's files: resuming must update it, never replace it
+        (provider v1.5.0 replaces on any change of `config`, image, name...)."""
+        self._emit(32, f"Checking that {self.instance} can be resumed in place")
+        plan = await self.runner.run("plan", cwd=ws.path, env=secrets, log_path=ws.run_log("plan"))
+        await ws.seal()
+        replaced = planned_replacements(plan.events, "lxd_container")
+        if replaced:
+            raise SpawnError(
+                f"resuming would replace the kept instance {self.instance} (and lose its files): the "
+                "configuration changed in a way LXD cannot apply in place. Restore the previous "
+                "settings, or delete the server to start afresh.")
 
     async def _run_prepare_commands(self) -> None:
         commands = config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
@@ -616,20 +634,24 @@ class LxdSpawner(Spawner):
             await ws.seal()
 
     async def _remove_stray_instance(self, ws: Workspace) -> None:
-        """An instance with our name that the state does not hold (a hub killed mid-apply) is
-        ours to remove: it carries our managed label and this workspace's path."""
-        if ws.state_resources():
-            return
+        """Called when the state holds nothing: an instance with our name (a hub killed
+        mid-apply) is ours to remove if it carries our label and this workspace's path."""
         info = await lxd.instance(self.endpoint, self.instance)
         if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
             self.log.warning("Removing stray instance %s left by an interrupted run", self.instance)
             await lxd.delete_instance(self.endpoint, self.instance)
 
-    async def _clean_failed_start(self, ws: Workspace, record: dict, began: float, reason: str) -> None:
-        """Destroy whatever a failed start made, so no container or port is left behind."""
+    async def _clean_failed_start(self, ws: Workspace, record: dict, began: float, reason: str,
+                                  keep: bool = False) -> None:
+        """Destroy whatever a failed start made, so no container or port is left behind; a kept
+        instance (remove = False) that failed to resume is stopped, not destroyed."""
         self.log.error("Start of %s failed: %s", self.instance, reason)
         try:
-            await self._destroy(ws)
+            if keep:
+                if await lxd.instance(self.endpoint, self.instance):
+                    await lxd.set_running(self.endpoint, self.instance, False)
+            else:
+                await self._destroy(ws)
         except Exception as e:  # recorded; the original failure is what the user sees
             self.log.error("Cleaning up %s after a failed start also failed: %s", self.instance, e)
         ports.release(self.listen_address, self.listen_port)
@@ -639,7 +661,8 @@ class LxdSpawner(Spawner):
         self.instance = ""  # nothing of it is left to poll or stop
 
     async def _destroy(self, ws: Workspace) -> None:
-        if ws.tfvars.exists() and (ws.path / ".terraform").exists():
+        initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
+        if initialised:
             # Destroy needs every root variable; the secret one is not needed to delete anything.
             try:
                 await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))

@@ -74,6 +74,18 @@ class RunResult:
     stdout: str = ""
 
 
+def planned_replacements(events: list[Event], resource_type: str) -> list[str]:
+    """Addresses of `resource_type` resources a plan would delete or replace."""
+    found = []
+    for ev in events:
+        change = ev.get("change") or {}
+        resource = change.get("resource") or {}
+        if ev.get("type") == "planned_change" and resource.get("resource_type") == resource_type:
+            if change.get("action") in ("delete", "replace"):
+                found.append(resource.get("addr", ""))
+    return found
+
+
 def diagnostic_errors(events: list[Event]) -> list[str]:
     """Error summaries (with detail) from Terraform's `diagnostic` events."""
     errors = []
@@ -122,6 +134,8 @@ class TerraformRunner:
         if command in ("apply", "destroy"):
             # -lock-timeout: a run interrupted a moment ago may still be saving its state.
             argv += ["-auto-approve", "-input=false", "-json", "-lock-timeout=120s"]
+        elif command == "plan":
+            argv += ["-input=false", "-json", "-lock-timeout=120s"]
         elif command == "init":
             argv += ["-input=false", "-json"]
         elif command in ("output", "version"):

@@ -11,6 +11,7 @@ import pytest
 from conftest import IMAGE
 from spawnerstub import make_spawner
 from tf_lxd_spawner.spawner import SpawnError
+from tf_lxd_spawner.terraform import TerraformError
 
 pytestmark = pytest.mark.e2e
 
@@ -109,3 +110,35 @@ def test_hostile_names_are_data_not_code(tmp_path, lxd_client):
         asyncio.run(stop_all())
     for s in spawners:
         assert not lxd_client.instances.exists(s.instance)
+
+
+def test_failed_resume_keeps_the_kept_instance(tmp_path, lxd_client):
+    """remove = False: a resume that fails (here LXD refuses a limit) must not destroy the
+    user's kept container; fixing the input resumes it."""
+    sp = make_spawner(tmp_path / "state", "keeper2", image=IMAGE, remove=False)
+
+    async def go():
+        await sp.start()
+        created = lxd_client.instances.get(sp.instance).created_at
+        await sp.stop()
+        name = sp.instance
+        # An in-place update LXD refuses: the start fails, the kept container stays.
+        sp.module_variables = {"limits": {"memory": "lots"}}
+        with pytest.raises(TerraformError, match="Invalid value: lots"):
+            await sp.start()
+        assert lxd_client.instances.get(name).created_at == created
+        assert lxd_client.instances.get(name).status == "Stopped"
+        # A change that would replace the container (any config change, with provider v1.5.0)
+        # is refused before anything is applied.
+        sp.module_variables = {"config": {"user.changed": "yes"}}
+        with pytest.raises(SpawnError, match="resuming would replace the kept instance jupyter-keeper2"):
+            await sp.start()
+        assert lxd_client.instances.get(name).created_at == created
+        sp.module_variables = {}
+        await sp.start()
+        assert lxd_client.instances.get(sp.instance).created_at == created
+        await sp.stop()
+        await sp.delete_forever()
+        assert not lxd_client.instances.exists(name)
+
+    asyncio.run(go())

@@ -58,14 +58,16 @@ locals {
 
   devices = merge(local.disk_devices, var.devices, local.proxy_devices)
 
-  config = merge(
+  # LXD drops keys with empty values: leaving them out keeps the next plan from seeing a
+  # change (a change of config replaces the instance with provider v1.5.0).
+  config = { for k, v in merge(
     var.config,
     { for k, v in var.labels : "user.tf-lxd-spawner.${k}" => v },
     {
       "user.tf-lxd-spawner.managed" = "true"
       "security.privileged"         = tostring(var.privileged)
     },
-  )
+  ) : k => v if v != "" }
 }
 
 resource "lxd_container" "notebook" {
