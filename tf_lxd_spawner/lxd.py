@@ -211,17 +211,17 @@ async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     return await asyncio.to_thread(_call, endpoint, lambda c: _delete_instance(c, name))
 
 
-def _set_running(client: pylxd.Client, name: str, running: bool) -> None:
+def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) -> None:
     inst = client.instances.get(name)
     if running and inst.status != "Running":
         inst.start(wait=True)
     elif not running and inst.status != "Stopped":
-        inst.stop(wait=True, timeout=30)
+        inst.stop(wait=True, timeout=30, force=force)
 
 
-async def set_running(endpoint: Endpoint, name: str, running: bool) -> None:
-    """Start or (cleanly) stop an existing instance."""
-    await asyncio.to_thread(_call, endpoint, lambda c: _set_running(c, name, running))
+async def set_running(endpoint: Endpoint, name: str, running: bool, force: bool = False) -> None:
+    """Start, or stop (cleanly, or forced) an existing instance."""
+    await asyncio.to_thread(_call, endpoint, lambda c: _set_running(c, name, running, force))
 
 
 def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, cwd: str, env: dict):

@@ -666,11 +666,18 @@ class LxdSpawner(Spawner):
             # Destroy needs every root variable; the secret one is not needed to delete anything.
             try:
                 await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
-            except TerraformError:
+            except TerraformError as e:
+                info = await lxd.instance(self.endpoint, self.instance) if self.instance else None
+                if info is not None:
+                    # Its clean shutdown failed or timed out: force it off, then destroy again.
+                    if info.status == "Stopped":
+                        raise
+                    self.log.warning("Destroy of %s failed (%s); forcing it off and retrying", self.instance, e)
+                    await lxd.set_running(self.endpoint, self.instance, False, force=True)
+                    await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+                    return
                 # The instance was deleted behind Terraform's back: forget it, then destroy
-                # whatever else the module made. If it still exists, the failure is real.
-                if self.instance and await lxd.instance(self.endpoint, self.instance) is not None:
-                    raise
+                # whatever else the module made.
                 forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
                 self.log.warning("Instance %s was already gone; removed %s from the state", self.instance, forgotten)
                 await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))

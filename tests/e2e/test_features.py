@@ -31,9 +31,9 @@ def custom_module(dest):
                          '  description = "A note recorded on the instance."\n}\n')
     main = dest / "main.tf"
     text = main.read_text()
-    assert "  config = merge(\n    var.config," in text
-    main.write_text(text.replace("  config = merge(\n    var.config,",
-                                 '  config = merge(\n    var.config,\n    { "user.extra-note" = var.extra_note },'))
+    anchor = "  config = { for k, v in merge(\n    var.config,"
+    assert anchor in text
+    main.write_text(text.replace(anchor, anchor + '\n    { "user.extra-note" = var.extra_note },'))
     return dest
 
 
