@@ -19,6 +19,7 @@ from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
 
 SERVER_UNIT = "jupyterhub-singleuser.service"
 MANAGED_KEY = "user.tf-lxd-spawner.managed"
+WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 
 
 class LxdUnavailable(RuntimeError):
@@ -48,6 +49,11 @@ class InstanceInfo:
     status: str  # LXD's status ("Running", "Stopped", ...)
     location: str
     config: dict
+
+
+def made_for(info: "InstanceInfo | None", workspace: str) -> bool:
+    """Whether an instance carries the label of this workspace (so it is ours to remove)."""
+    return info is not None and info.config.get(WORKSPACE_KEY) == str(workspace)
 
 
 _clients: dict[Endpoint, pylxd.Client] = {}

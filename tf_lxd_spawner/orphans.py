@@ -19,9 +19,8 @@ from pathlib import Path
 
 from . import lxd
 from .terraform import TerraformRunner
-from .workspace import Workspace, WorkspaceBusy, secret_env
+from .workspace import DESTROY_ENV, Workspace, WorkspaceBusy
 
-WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 
 
 @dataclass
@@ -71,7 +70,7 @@ async def scan(state_dir: str | Path, endpoint: lxd.Endpoint) -> Report:
     live = {i["name"] for i in instances}
     prefix = str(state_dir) + os.sep
     for inst in instances:
-        path = (inst.get("config") or {}).get(WORKSPACE_KEY, "")
+        path = (inst.get("config") or {}).get(lxd.WORKSPACE_KEY, "")
         if not path.startswith(prefix):
             continue  # made by another hub (or by hand): not ours to judge
         if inst["name"] not in held:
@@ -92,7 +91,7 @@ async def clean(report: Report, endpoint: lxd.Endpoint, runner: TerraformRunner)
         try:
             async with ws.lock():
                 await runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
-                await runner.run("destroy", cwd=ws.path, env=secret_env("server_environment", {}),
+                await runner.run("destroy", cwd=ws.path, env=DESTROY_ENV,
                                  log_path=ws.run_log("destroy"))
                 await ws.audit({"operation": "gc", "instance": stale["instance"], "outcome": "ok",
                                 "note": "instance had vanished; state cleared"})

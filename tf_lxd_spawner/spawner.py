@@ -25,7 +25,8 @@ from .inputs import ConfigError
 from .placement import least_loaded, reservations
 from .ports import ports
 from .terraform import TerraformError, TerraformRunner, concurrency_gate, planned_replacements
-from .workspace import SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env, workspace_path
+from .workspace import (DESTROY_ENV, SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env,
+                        workspace_path)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -428,7 +429,10 @@ class LxdSpawner(Spawner):
         self._apply_started: float | None = None
         self._target: str | None = None
         self._ids: tuple[int, int] = (1000, 1000)
-        self._files: list[dict] = []  # files_to_push as checked by _preflight
+        # Checked and expanded by _preflight, used by _create.
+        self._files: list[dict] = []
+        self._prepare_cmds: list[list[str]] = []
+        self._post_cmds: list[list[str]] = []
         self.chosen_image = self.image
 
     @default("options_form")
@@ -471,8 +475,9 @@ class LxdSpawner(Spawner):
             self._files = await asyncio.to_thread(config_inputs.pushed_files, self.files_to_push, self._expand)
             disks = config_inputs.mounts(self.filesystems_to_mount, self._expand, False)
             config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit)
-            config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
-            config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands")
+            self._prepare_cmds = config_inputs.command_lists(self.commands_to_prepare, self._expand,
+                                                             "commands_to_prepare")
+            self._post_cmds = config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands")
         except ConfigError as e:
             raise SpawnError(str(e)) from None
         if not self.lxd_endpoint and not self.create_mount_dirs:
@@ -595,7 +600,7 @@ class LxdSpawner(Spawner):
                 "settings, or delete the server to start afresh.")
 
     async def _run_prepare_commands(self) -> None:
-        commands = config_inputs.command_lists(self.commands_to_prepare, self._expand, "commands_to_prepare")
+        commands = self._prepare_cmds
         if not commands:
             return
         uid, gid = self._ids
@@ -614,7 +619,7 @@ class LxdSpawner(Spawner):
                 raise SpawnError(f"commands_to_prepare {argv} exited {rc}: {(err or out).strip()[-500:]}")
 
     async def _run_post_hub_commands(self) -> None:
-        for argv in config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands"):
+        for argv in self._post_cmds:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -637,7 +642,7 @@ class LxdSpawner(Spawner):
         """Called when the state holds nothing: an instance with our name (a hub killed
         mid-apply) is ours to remove if it carries our label and this workspace's path."""
         info = await lxd.instance(self.endpoint, self.instance)
-        if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
+        if lxd.made_for(info, ws.path):
             self.log.warning("Removing stray instance %s left by an interrupted run", self.instance)
             await lxd.delete_instance(self.endpoint, self.instance)
 
@@ -663,9 +668,8 @@ class LxdSpawner(Spawner):
     async def _destroy(self, ws: Workspace) -> None:
         initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
         if initialised:
-            # Destroy needs every root variable; the secret one is not needed to delete anything.
             try:
-                await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+                await self._terraform(ws, "destroy", env=DESTROY_ENV)
             except TerraformError as e:
                 info = await lxd.instance(self.endpoint, self.instance) if self.instance else None
                 if info is not None:
@@ -674,16 +678,16 @@ class LxdSpawner(Spawner):
                         raise
                     self.log.warning("Destroy of %s failed (%s); forcing it off and retrying", self.instance, e)
                     await lxd.set_running(self.endpoint, self.instance, False, force=True)
-                    await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+                    await self._terraform(ws, "destroy", env=DESTROY_ENV)
                     return
                 # The instance was deleted behind Terraform's back: forget it, then destroy
                 # whatever else the module made.
                 forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
                 self.log.warning("Instance %s was already gone; removed %s from the state", self.instance, forgotten)
-                await self._terraform(ws, "destroy", env=secret_env("server_environment", {}))
+                await self._terraform(ws, "destroy", env=DESTROY_ENV)
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
-            if info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path):
+            if lxd.made_for(info, ws.path):
                 await lxd.delete_instance(self.endpoint, self.instance)
 
     _tool_versions: dict | None = None
@@ -751,7 +755,7 @@ class LxdSpawner(Spawner):
             leftover = bool(await asyncio.to_thread(ws.state_resources))
             if not leftover:
                 info = await lxd.instance(self.endpoint, name)
-                leftover = bool(info and info.config.get("user.tf-lxd-spawner.workspace") == str(ws.path))
+                leftover = lxd.made_for(info, ws.path)
             if not leftover:
                 return
             self.log.warning("Cleaning up %s, left by a spawn the hub did not finish", name)

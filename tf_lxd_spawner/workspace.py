@@ -35,6 +35,10 @@ def secret_env(name: str, value) -> dict[str, str]:
     return {f"TF_VAR_{name}_json": json.dumps(value)}
 
 
+#: What destroy needs: every root variable set, and no secret is needed to delete anything.
+DESTROY_ENV = secret_env("server_environment", {})
+
+
 class WorkspaceBusy(RuntimeError):
     """Another process holds this server's workspace lock."""
 
