@@ -16,10 +16,10 @@ from pathlib import Path
 
 from . import lxd, orphans
 from .terraform import TerraformRunner
-from .workspace import Workspace
+from .workspace import StateUnreadable, Workspace
 
 SETTINGS = ("state_dir", "lxd_endpoint", "lxd_cert", "lxd_key", "lxd_verify", "terraform_path",
-            "terraform_cli_config")
+            "terraform_cli_config", "orphan_grace_period", "lxd_timeout")
 
 
 def _hub_settings(path: str | None) -> dict:
@@ -35,7 +35,8 @@ def _hub_settings(path: str | None) -> dict:
 
 def _settings(args) -> dict:
     settings = {"state_dir": "tf-lxd-spawner-state", "lxd_endpoint": "", "lxd_cert": "", "lxd_key": "",
-                "lxd_verify": True, "terraform_path": "terraform", "terraform_cli_config": ""}
+                "lxd_verify": True, "terraform_path": "terraform", "terraform_cli_config": "",
+                "orphan_grace_period": orphans.DEFAULT_GRACE, "lxd_timeout": 60.0}
     settings.update(_hub_settings(args.config))
     for key in SETTINGS:
         value = getattr(args, key, None)
@@ -55,7 +56,10 @@ def cmd_list(args, settings) -> int:
     for ws in _workspaces(Path(settings["state_dir"])):
         records = ws.audit_records()
         last = records[-1] if records else {}
-        live = "live" if ws.state_resources() else "empty"
+        try:
+            live = "live" if ws.state_resources() else "empty"
+        except StateUnreadable:
+            live = "unreadable-state"
         print(f"{ws.path}\t{last.get('instance', '')}\t{last.get('member', '')}\t{live}\t"
               f"{last.get('operation', '')}:{last.get('outcome', '')}\t{last.get('time', '')}")
     return 0
@@ -72,16 +76,18 @@ def cmd_audit(args, settings) -> int:
 
 def cmd_orphans(args, settings) -> int:
     endpoint = lxd.Endpoint(url=settings["lxd_endpoint"] or None, cert=settings["lxd_cert"] or None,
-                            key=settings["lxd_key"] or None, verify=settings["lxd_verify"])
+                            key=settings["lxd_key"] or None, verify=settings["lxd_verify"],
+                            timeout=float(settings["lxd_timeout"]))
+    grace = float(settings["orphan_grace_period"])
     env = {"TF_CLI_CONFIG_FILE": settings["terraform_cli_config"]} if settings["terraform_cli_config"] else {}
     runner = TerraformRunner(settings["terraform_path"], env=env)
 
     async def go():
-        report = await orphans.scan(settings["state_dir"], endpoint)
+        report = await orphans.scan(settings["state_dir"], endpoint, grace)
         found = not report.clean
         if args.destroy and found:
             await orphans.clean(report, endpoint, runner)
-            found = not (await orphans.scan(settings["state_dir"], endpoint)).clean
+            found = not (await orphans.scan(settings["state_dir"], endpoint, grace)).clean
         return report, found
 
     try:
@@ -107,6 +113,8 @@ def main(argv=None) -> int:
     orph.add_argument("--json", action="store_true", help="print the report as JSON")
     for name in ("lxd-endpoint", "lxd-cert", "lxd-key", "lxd-verify", "terraform-path", "terraform-cli-config"):
         orph.add_argument(f"--{name}", dest=name.replace("-", "_"))
+    orph.add_argument("--grace", dest="orphan_grace_period", type=float,
+                      help=f"leave instances younger than this many seconds alone (default {orphans.DEFAULT_GRACE:g})")
     args = parser.parse_args(argv)
     settings = _settings(args)
     return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans}[args.command](args, settings)

@@ -100,7 +100,15 @@ def command_lists(entries: Iterable, expand: Expand, option: str) -> list[list[s
         argv = shlex.split(entry) if isinstance(entry, str) else [str(a) for a in entry]
         if not argv:
             raise ConfigError(f"{option}[{i}] is empty")
-        commands.append([expand(a) for a in argv])
+        expanded = [expand(a) for a in argv]
+        for template, arg in zip(argv[1:], expanded[1:]):
+            # A name starting with '-' would be read as an option ("-rf", "--config=..."):
+            # refuse rather than guess whether the command knows "--".
+            if arg.startswith("-") and not template.startswith("-"):
+                raise ConfigError(f"{option}[{i}]: the argument {template!r} would become {arg!r}, which "
+                                  "the command would read as an option; this user or server name cannot be used "
+                                  "there")
+        commands.append(expanded)
     return commands
 
 

@@ -1,15 +1,20 @@
 """pylxd access: cluster members, instance counts, instance status and the server unit.
 
-pylxd is blocking, so every call here runs in a thread (`asyncio.to_thread`); clients are
-shared per endpoint so a poll costs one or two HTTP requests, not a new connection.
+pylxd is blocking, so every call here runs in a thread of a small pool of its own per endpoint
+(never the event loop's default pool, which Terraform log following and workspace file work
+share): a hung LXD then blocks at most that pool, and every request has a timeout, so a daemon
+that accepts connections and never answers costs a spawn an error, not the hub its threads.
+Clients are shared per endpoint so a poll costs one or two HTTP requests, not a new connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pylxd
@@ -20,6 +25,10 @@ from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
 SERVER_UNIT = "jupyterhub-singleuser.service"
 MANAGED_KEY = "user.tf-lxd-spawner.managed"
 WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
+HUB_ID_KEY = "user.tf-lxd-spawner.hub_id"
+#: Threads per endpoint: enough for a busy hub's polls and spawns, few enough that a hung
+#: endpoint cannot take more than this many threads.
+POOL_SIZE = 4
 
 
 class LxdUnavailable(RuntimeError):
@@ -34,6 +43,11 @@ class Endpoint:
     cert: str | None = None
     key: str | None = None
     verify: str | bool = True
+    timeout: float = 60.0  # seconds any one request may take (operation waits included)
+
+    @property
+    def where(self) -> str:
+        return self.url or "the local unix socket"
 
 
 @dataclass(frozen=True)
@@ -49,36 +63,41 @@ class InstanceInfo:
     status: str  # LXD's status ("Running", "Stopped", ...)
     location: str
     config: dict
+    created_at: str = ""
 
 
-def made_for(info: "InstanceInfo | None", workspace: str) -> bool:
-    """Whether an instance carries the label of this workspace (so it is ours to remove)."""
-    return info is not None and info.config.get(WORKSPACE_KEY) == str(workspace)
+def made_for(info: "InstanceInfo | None", workspace: str, hub_id: str) -> bool:
+    """Whether an instance carries the labels of this workspace and of this hub (so it is ours
+    to remove): the path alone is not enough, another hub may use the same state_dir path."""
+    return (info is not None and info.config.get(WORKSPACE_KEY) == str(workspace)
+            and info.config.get(HUB_ID_KEY) == hub_id)
 
 
 _clients: dict[Endpoint, pylxd.Client] = {}
-_clients_lock = threading.Lock()
+_pools: dict[Endpoint, ThreadPoolExecutor] = {}
+_clients_lock = threading.Lock()  # guards the dicts only, never held while connecting
 
 
 def _connect(endpoint: Endpoint) -> pylxd.Client:
     with _clients_lock:
         client = _clients.get(endpoint)
-        if client is not None:
-            return client
-        kwargs = {}
-        if endpoint.url:
-            cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
-            session = get_session_for_url(endpoint.url, verify=endpoint.verify, cert=cert)
-            # REQUESTS_CA_BUNDLE and friends would silently replace a pinned certificate.
-            session.trust_env = False
-            kwargs = {"endpoint": endpoint.url, "cert": cert, "session": session}
-        try:
-            client = pylxd.Client(**kwargs)
-        except (ClientConnectionFailed, requests.RequestException, OSError) as e:
-            where = endpoint.url or "the local unix socket"
-            raise LxdUnavailable(f"LXD is not reachable at {where}: {e}") from e
-        _clients[endpoint] = client
+    if client is not None:
         return client
+    kwargs = {"timeout": (min(10.0, endpoint.timeout), endpoint.timeout)}
+    if endpoint.url:
+        cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
+        session = get_session_for_url(endpoint.url, verify=endpoint.verify, cert=cert)
+        # REQUESTS_CA_BUNDLE and friends would silently replace a pinned certificate.
+        session.trust_env = False
+        kwargs.update(endpoint=endpoint.url, cert=cert, session=session)
+    try:
+        client = pylxd.Client(**kwargs)
+    except requests.Timeout as e:
+        raise LxdUnavailable(f"LXD at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
+    except (ClientConnectionFailed, requests.RequestException, OSError) as e:
+        raise LxdUnavailable(f"LXD is not reachable at {endpoint.where}: {e}") from e
+    with _clients_lock:
+        return _clients.setdefault(endpoint, client)
 
 
 def forget(endpoint: Endpoint) -> None:
@@ -93,11 +112,27 @@ def _call(endpoint: Endpoint, fn):
     for attempt in (1, 2):
         try:
             return fn(_connect(endpoint))
+        except requests.Timeout as e:  # no second try: that would only double the wait
+            forget(endpoint)
+            raise LxdUnavailable(f"LXD at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
         except (ClientConnectionFailed, requests.ConnectionError, ConnectionError) as e:
             forget(endpoint)
             if attempt == 2:
-                where = endpoint.url or "the local unix socket"
-                raise LxdUnavailable(f"LXD is not reachable at {where}: {e}") from e
+                raise LxdUnavailable(f"LXD is not reachable at {endpoint.where}: {e}") from e
+
+
+def _pool(endpoint: Endpoint) -> ThreadPoolExecutor:
+    with _clients_lock:
+        pool = _pools.get(endpoint)
+        if pool is None:
+            pool = _pools[endpoint] = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="tf-lxd-spawner-lxd")
+        return pool
+
+
+async def _run(endpoint: Endpoint, fn):
+    """fn(client) in the endpoint's own thread pool, off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool(endpoint), functools.partial(_call, endpoint, fn))
 
 
 def _members(client: pylxd.Client) -> list[Member]:
@@ -132,51 +167,73 @@ def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
         if getattr(e.response, "status_code", None) == 404:
             return None
         raise
-    return InstanceInfo(name, data.get("status", ""), data.get("location") or "", data.get("config") or {})
+    return InstanceInfo(name, data.get("status", ""), data.get("location") or "", data.get("config") or {},
+                        data.get("created_at") or "")
 
 
-def _unit_active(client: pylxd.Client, name: str, unit: str, timeout: float) -> bool:
-    """`systemctl is-active` in the instance, as an LXD exec without websockets (two requests)."""
+#: `systemctl is-active` prints the unit's state; the shell turns it into an exit code that
+#: tells "running" (0) and "certainly not running" (3) from everything else.
+_UNIT_STATE_SCRIPT = ('case "$(systemctl is-active "$1")" in active|reloading) exit 0;; '
+                      'inactive|failed) exit 3;; *) exit 4;; esac')
+
+
+def _unit_active(client: pylxd.Client, name: str, unit: str, timeout: float) -> bool | None:
+    """Whether the server unit runs: True, False (systemd says inactive or failed), or None when
+    it cannot be told (the exec failed, hung, or was refused: a process limit reached, an
+    overloaded member). An LXD exec without websockets: two requests."""
     body = {
-        "command": ["systemctl", "is-active", "--quiet", unit],
+        "command": ["sh", "-c", _UNIT_STATE_SCRIPT, "sh", unit],
         "wait-for-websocket": False,
         "interactive": False,
         "record-output": False,
-        "environment": {},
+        "environment": {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
     }
-    op = client.api.instances[name].exec.post(json=body).json()
+    try:
+        op = client.api.instances[name].exec.post(json=body).json()
+    except LXDAPIException:
+        return None
     op_id = op["metadata"]["id"]
     deadline = time.monotonic() + timeout
     while True:
-        result = client.api.operations[op_id].wait.get(params={"timeout": max(1, int(timeout))}).json()["metadata"]
-        if result.get("status") != "Running" or time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None  # still running: an exec that hangs says nothing about the server
+        try:
+            result = client.api.operations[op_id].wait.get(params={"timeout": max(1, int(left))}).json()["metadata"]
+        except LXDAPIException:
+            return None
+        if result.get("status") != "Running":
             break
         time.sleep(0.05)  # a forwarded wait (cluster) can answer before the command ends
-    return (result.get("metadata") or {}).get("return") == 0
+    if result.get("status") != "Success":
+        return None
+    rc = (result.get("metadata") or {}).get("return")
+    return {0: True, 3: False}.get(rc)
 
 
 async def members(endpoint: Endpoint) -> list[Member]:
     """Cluster members with their status; [] for a standalone server."""
-    return await asyncio.to_thread(_call, endpoint, _members)
+    return await _run(endpoint, _members)
 
 
 async def instance_counts(endpoint: Endpoint, managed_only: bool = False) -> Counter:
     """Instances per member name (one request, recursion=1)."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: _instance_counts(c, managed_only))
+    return await _run(endpoint, lambda c: _instance_counts(c, managed_only))
 
 
 async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
     """The instance's status and location, or None when it does not exist."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: _instance(c, name))
+    return await _run(endpoint, lambda c: _instance(c, name))
 
 
-async def unit_active(endpoint: Endpoint, name: str, unit: str = SERVER_UNIT, timeout: float = 10) -> bool:
-    return await asyncio.to_thread(_call, endpoint, lambda c: _unit_active(c, name, unit, timeout))
+async def unit_active(endpoint: Endpoint, name: str, unit: str = SERVER_UNIT, timeout: float = 10) -> bool | None:
+    """True: the unit runs; False: systemd says it is inactive or failed; None: cannot tell."""
+    return await _run(endpoint, lambda c: _unit_active(c, name, unit, timeout))
 
 
 async def server_info(endpoint: Endpoint) -> dict:
     """GET /1.0 metadata: server version, clustering, environment (addresses)."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: c.api.get().json()["metadata"])
+    return await _run(endpoint, lambda c: c.api.get().json()["metadata"])
 
 
 def _image_exists(client: pylxd.Client, image: str) -> bool:
@@ -189,7 +246,7 @@ def _image_exists(client: pylxd.Client, image: str) -> bool:
 
 async def image_exists(endpoint: Endpoint, image: str) -> bool:
     """Whether `image` is an alias or fingerprint on the LXD server."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: _image_exists(c, image))
+    return await _run(endpoint, lambda c: _image_exists(c, image))
 
 
 def _delete_instance(client: pylxd.Client, name: str, patience: float = 60) -> bool:
@@ -214,7 +271,7 @@ def _delete_instance(client: pylxd.Client, name: str, patience: float = 60) -> b
 
 async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     """Force-stop and delete an instance; False when it did not exist."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: _delete_instance(c, name))
+    return await _run(endpoint, lambda c: _delete_instance(c, name))
 
 
 def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) -> None:
@@ -227,7 +284,7 @@ def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) ->
 
 async def set_running(endpoint: Endpoint, name: str, running: bool, force: bool = False) -> None:
     """Start, or stop (cleanly, or forced) an existing instance."""
-    await asyncio.to_thread(_call, endpoint, lambda c: _set_running(c, name, running, force))
+    await _run(endpoint, lambda c: _set_running(c, name, running, force))
 
 
 def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, cwd: str, env: dict):
@@ -239,4 +296,4 @@ def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, 
 async def execute(endpoint: Endpoint, name: str, argv: list[str], uid: int = 0, gid: int = 0,
                   cwd: str = "/", env: dict | None = None) -> tuple[int, str, str]:
     """Run an argument list in the instance as uid:gid: (exit code, stdout, stderr)."""
-    return await asyncio.to_thread(_call, endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}))
+    return await _run(endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}))

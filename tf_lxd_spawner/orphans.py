@@ -1,32 +1,40 @@
 """Find (and on request clean) what the spawner's records and LXD disagree about.
 
-- an orphan instance: LXD has an instance this state_dir's spawner made (its labels name a
-  workspace under state_dir) that no workspace's Terraform state holds;
+- an orphan instance: LXD has an instance this hub made (its labels carry this state_dir's hub
+  id and name a workspace under state_dir) that no workspace's Terraform state holds;
 - a stale workspace: a workspace whose state holds an instance LXD no longer has.
 
-Reporting changes nothing. Cleaning deletes orphan instances and runs `terraform destroy` in
-stale workspaces (which only drops the vanished instance from the state); a workspace that a
-hub is using right now (its lock is held) is skipped.
+Ownership is the hub id kept in `<state_dir>/.hub-id`, not the path alone: another hub on another
+host may use the same state_dir path. Instances younger than a grace period are left alone (a
+spawn puts an instance into LXD before Terraform writes it into the state).
+
+Reporting changes nothing. Cleaning takes each workspace's lock first and looks again under it,
+then deletes orphan instances and runs `terraform destroy` in stale workspaces (which only drops
+the vanished instance from the state); a workspace that a hub is using right now is skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import lxd
 from .terraform import TerraformRunner
-from .workspace import DESTROY_ENV, Workspace, WorkspaceBusy
+from .workspace import DESTROY_ENV, HUB_ID_FILE, StateUnreadable, Workspace, WorkspaceBusy
 
+DEFAULT_GRACE = 600.0
 
 
 @dataclass
 class Report:
     orphan_instances: list[dict] = field(default_factory=list)  # {name, location, workspace}
     stale_workspaces: list[dict] = field(default_factory=list)  # {workspace, instance}
+    skipped: list[dict] = field(default_factory=list)  # {name, reason}: ours, but not judged now
     actions: list[str] = field(default_factory=list)
 
     @property
@@ -58,24 +66,57 @@ def _managed_instances(endpoint: lxd.Endpoint) -> list[dict]:
     return lxd._call(endpoint, fetch)
 
 
-async def scan(state_dir: str | Path, endpoint: lxd.Endpoint) -> Report:
+def _read_hub_id(state_dir: Path) -> str:
+    try:
+        return (state_dir / HUB_ID_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""  # this state_dir never made an instance
+
+
+def _age(created_at: str, now: dt.datetime) -> float:
+    """Seconds since LXD's created_at (RFC 3339, nanoseconds); 0 when it cannot be read, so an
+    instance of unknown age counts as young."""
+    try:
+        stamp = dt.datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", created_at).replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.timezone.utc)
+    return (now - stamp).total_seconds()
+
+
+async def scan(state_dir: str | Path, endpoint: lxd.Endpoint, grace: float = DEFAULT_GRACE) -> Report:
     state_dir = Path(os.path.abspath(state_dir))
+    ours = await asyncio.to_thread(_read_hub_id, state_dir)
     instances = await asyncio.to_thread(_managed_instances, endpoint)
     workspaces = await asyncio.to_thread(_workspaces, state_dir)
+    report = Report()
     held = {}
     for ws in workspaces:
-        for name in await asyncio.to_thread(_state_instances, ws):
+        try:
+            names = await asyncio.to_thread(_state_instances, ws)
+        except StateUnreadable as e:
+            report.skipped.append({"name": str(ws.path), "reason": str(e)})
+            continue
+        for name in names:
             held[name] = ws
-    report = Report()
     live = {i["name"] for i in instances}
     prefix = str(state_dir) + os.sep
+    now = dt.datetime.now(dt.timezone.utc)
     for inst in instances:
-        path = (inst.get("config") or {}).get(lxd.WORKSPACE_KEY, "")
-        if not path.startswith(prefix):
+        config = inst.get("config") or {}
+        path = config.get(lxd.WORKSPACE_KEY, "")
+        if not ours or config.get(lxd.HUB_ID_KEY) != ours or not path.startswith(prefix):
             continue  # made by another hub (or by hand): not ours to judge
-        if inst["name"] not in held:
-            report.orphan_instances.append({"name": inst["name"], "location": inst.get("location") or "",
-                                            "workspace": path})
+        if inst["name"] in held:
+            continue
+        age = _age(inst.get("created_at") or "", now)
+        if age < grace:
+            report.skipped.append({"name": inst["name"], "reason": f"created {age:.0f} s ago (grace {grace:g} s): "
+                                   "a spawn may be making it"})
+            continue
+        report.orphan_instances.append({"name": inst["name"], "location": inst.get("location") or "",
+                                        "workspace": path})
     for name, ws in sorted(held.items()):
         if name not in live:
             report.stale_workspaces.append({"workspace": str(ws.path), "instance": name})
@@ -84,8 +125,17 @@ async def scan(state_dir: str | Path, endpoint: lxd.Endpoint) -> Report:
 
 async def clean(report: Report, endpoint: lxd.Endpoint, runner: TerraformRunner) -> Report:
     for inst in report.orphan_instances:
-        await lxd.delete_instance(endpoint, inst["name"])
-        report.actions.append(f"deleted orphan instance {inst['name']}")
+        ws = Workspace(inst["workspace"])
+        try:
+            async with ws.lock(create=False):
+                # Look again under the lock: a spawn that held it may have finished meanwhile.
+                if inst["name"] in await asyncio.to_thread(_state_instances, ws):
+                    report.actions.append(f"skipped {inst['name']}: its workspace holds it now")
+                    continue
+                await lxd.delete_instance(endpoint, inst["name"])
+                report.actions.append(f"deleted orphan instance {inst['name']}")
+        except WorkspaceBusy:
+            report.actions.append(f"skipped {inst['name']}: its workspace {ws.path} is in use by a hub right now")
     for stale in report.stale_workspaces:
         ws = Workspace(stale["workspace"])
         try:
@@ -107,10 +157,11 @@ def render(report: Report) -> str:
         lines.append(f"orphan instance\t{inst['name']}\t{inst['location']}\t{inst['workspace']}")
     for stale in report.stale_workspaces:
         lines.append(f"stale workspace\t{stale['workspace']}\t{stale['instance']}")
+    lines += [f"skipped\t{s['name']}\t{s['reason']}" for s in report.skipped]
     lines += [f"done\t{a}" for a in report.actions]
     return "\n".join(lines) if lines else "no orphans"
 
 
 def as_json(report: Report) -> str:
     return json.dumps({"orphan_instances": report.orphan_instances, "stale_workspaces": report.stale_workspaces,
-                       "actions": report.actions})
+                       "skipped": report.skipped, "actions": report.actions})

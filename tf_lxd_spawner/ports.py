@@ -24,6 +24,38 @@ def _is_local(address: str) -> bool:
         return False
 
 
+is_loopback = _is_local
+
+
+def resolve(host: str) -> str:
+    """An IP address for a host name (an address stays as it is): LXD proxy devices take
+    addresses only. Blocking: call it in a thread."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return host
+    families = sorted(infos, key=lambda i: i[0] != socket.AF_INET)  # IPv4 first
+    return families[0][4][0] if families else host
+
+
+def is_this_host(address: str) -> bool:
+    """Whether an address (or host name) belongs to this host: a loopback address, or one this
+    process can bind to. A member at such an address shares the hub's network. Blocking."""
+    address = resolve(address)
+    if _is_local(address):
+        return True
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return _bindable(address, 0)
+
+
 def _bindable(address: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -17,16 +19,20 @@ from urllib.parse import urlparse, urlunparse
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
 from markupsafe import escape
-from traitlets import Any, Bool, Callable, Dict, Enum, Int, List, Tuple, Unicode, Union, default
+from traitlets import Any, Bool, Callable, Dict, Enum, Float, Int, List, Tuple, Unicode, Union, default
 
 from . import inputs as config_inputs
 from . import lxd, naming, provider
+from .environment import DEFAULT_ALLOWED, allowed
 from .inputs import ConfigError
 from .placement import least_loaded, reservations
+from .ports import is_loopback as _is_loopback
+from .ports import is_this_host as _is_this_host
 from .ports import ports
+from .ports import resolve as _resolve
 from .terraform import TerraformError, TerraformRunner, concurrency_gate, planned_replacements
-from .workspace import (DESTROY_ENV, SECRET_INPUTS, Workspace, WorkspaceBusy, render_root, secret_env,
-                        workspace_path)
+from .workspace import (DESTROY_ENV, SECRET_INPUTS, StateUnreadable, Workspace, WorkspaceBusy, hub_id,
+                        render_root, secret_env, workspace_path)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -41,6 +47,23 @@ def default_module_source() -> str:
 
 class SpawnError(RuntimeError):
     """A start failed for a reason the user should read (shown on the spawn page)."""
+
+
+#: Module inputs the spawner itself sets; module_variables may not override them (each has a
+#: trait, or is what the spawner relies on to find, reach and own the server).
+OWNED_INPUTS = {
+    "name": "instance_name_template",
+    "labels": "(the spawner's own ownership labels)",
+    "target": "placement",
+    "listen_address": "(derived from the member)",
+    "listen_port": "proxy_port_range",
+    "connect_via": "connect_via",
+    "server_port": "server_port",
+    "server_environment": "environment",
+    "hub_address": "hub_connect_url",
+    "hub_port": "hub_connect_url",
+}
+WILDCARD = "0.0.0.0"
 
 
 class LxdSpawner(Spawner):
@@ -82,8 +105,8 @@ class LxdSpawner(Spawner):
     host_weights = Dict(
         {},
         help="""Placement weight per cluster member name (default 1). A member's score is its
-        weight divided by its load, so weight 2 takes about twice the servers of weight 1;
-        weight 0 takes none.""",
+        weight divided by (its load + 1), load counting instances and spawns in flight, so
+        weight 2 takes about twice the servers of weight 1; weight 0 takes none.""",
     ).tag(config=True)
 
     get_uid_gid = Callable(
@@ -123,7 +146,9 @@ class LxdSpawner(Spawner):
     post_hub_commands = List(
         [],
         help="""Commands run on the hub host after the container is up, each an argument list
-        (same expansion and safety as commands_to_prepare). A failing command fails the spawn.""",
+        (same expansion and safety as commands_to_prepare), with only the allow-listed part of
+        the hub's environment (host_environment_allowlist). A failing command fails the spawn:
+        the user sees which command failed, its output goes to the hub's log only.""",
     ).tag(config=True)
 
     allowed_images = Union(
@@ -168,7 +193,10 @@ class LxdSpawner(Spawner):
         [Dict(), Callable()],
         default_value={},
         help="""Extra inputs for the module, as a dict or a callable(spawner) -> dict (may be
-        async), e.g. {"profiles": ["default", "gpu"]}. They override the spawner's own inputs.""",
+        async), e.g. {"profiles": ["default", "gpu"]}. They override the spawner's defaults
+        (image, profiles, files, limits...), but not the inputs it owns (name, labels, target,
+        listen_address, listen_port, connect_via, server_port, server_environment, hub_address,
+        hub_port): setting one of those is refused, naming the trait to use instead.""",
     ).tag(config=True)
 
     state_dir = Unicode(
@@ -190,6 +218,14 @@ class LxdSpawner(Spawner):
         provider's own default (10s) adds up to 10 s to every spawn and stop.""",
     ).tag(config=True)
 
+    host_environment_allowlist = List(
+        list(DEFAULT_ALLOWED),
+        help="""Names (fnmatch patterns) of the hub's environment variables passed on to
+        Terraform, its providers and post_hub_commands; nothing else of the hub's environment
+        (CONFIGPROXY_AUTH_TOKEN, JUPYTERHUB_CRYPT_KEY, credentials set for the hub) reaches
+        them. Add a name here when your provider or command needs it.""",
+    ).tag(config=True)
+
     apply_attempts = Int(
         2,
         help="""How many times `terraform apply` is tried when it fails with an error LXD reports
@@ -207,7 +243,22 @@ class LxdSpawner(Spawner):
     lxd_verify = Union(
         [Bool(), Unicode()],
         default_value=True,
-        help="For an https lxd_endpoint: True to verify with system CAs, a CA or server certificate file to pin, or False.",
+        help="""For an https lxd_endpoint: True to verify with the system's CAs, the path of the
+        server's own certificate (PEM) to pin exactly that certificate (LXD's usual
+        self-signed one; for a cluster, its cluster.crt), or False to skip verification.""",
+    ).tag(config=True)
+
+    lxd_timeout = Float(
+        60.0,
+        help="""Seconds any one LXD API request may take (waits for LXD operations included).
+        A daemon that accepts connections and never answers then fails the spawn with a clear
+        error instead of holding the hub's threads.""",
+    ).tag(config=True)
+
+    orphan_grace_period = Float(
+        600.0,
+        help="""`tf-lxd-spawner orphans` leaves instances younger than this many seconds alone:
+        a spawn may be creating one right now (it is in LXD before it is in the state).""",
     ).tag(config=True)
 
     lxd_profiles = List(
@@ -219,8 +270,10 @@ class LxdSpawner(Spawner):
         [Enum(["least-loaded", "lxd"]), Callable()],
         default_value="least-loaded",
         help="""Which cluster member gets a new server: "least-loaded" (online members scored by
-        host_weights / load, counting spawns in flight), "lxd" (LXD's own scheduler), or a
-        callable(spawner, members) -> member name. Ignored on a standalone LXD server.""",
+        host_weights / (load + 1), counting spawns in flight), "lxd" (LXD's own scheduler; the
+        server's proxy then listens on all of the member's addresses, 0.0.0.0, since the member
+        is known only once LXD chose it), or a callable(spawner, members) -> member name.
+        Ignored on a standalone LXD server.""",
     ).tag(config=True)
 
     excluded_members = List(
@@ -238,9 +291,10 @@ class LxdSpawner(Spawner):
     connect_via = Enum(
         ["proxy", "instance-ip"],
         "proxy",
-        help="""How the hub reaches a server: "proxy" (an LXD proxy device on the member's address,
-        works with no network in the container) or "instance-ip" (the container's own IPv4 on a
-        bridge the hub can route to).""",
+        help="""How the hub reaches a server: "proxy" (an LXD proxy device on the address of the
+        member the server landed on, works with no network in the container) or "instance-ip"
+        (the container's own IPv4 on a bridge the hub can route to). When a member is not the
+        hub's own host, set hub_connect_url to an address of the hub that members can reach.""",
     ).tag(config=True)
 
     proxy_port_range = Tuple(
@@ -279,12 +333,14 @@ class LxdSpawner(Spawner):
             cert=self.lxd_cert or None,
             key=self.lxd_key or None,
             verify=self.lxd_verify,
+            timeout=self.lxd_timeout,
         )
 
     @property
     def runner(self) -> TerraformRunner:  # only inside the event loop: the gate belongs to it
         env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
-        return TerraformRunner(self.terraform_path, env=env, gate=concurrency_gate(self.terraform_concurrency))
+        return TerraformRunner(self.terraform_path, env=env, gate=concurrency_gate(self.terraform_concurrency),
+                               inherit=self.host_environment_allowlist)
 
     def _workspace(self) -> Workspace:
         if self.workspace:
@@ -324,6 +380,27 @@ class LxdSpawner(Spawner):
         inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port}", path=urlparse(self.hub.api_url).path))
         return api.hostname or "127.0.0.1", port, inside
 
+    async def _check_members_reach_hub(self, members: list[lxd.Member]) -> None:
+        """Refuse, before anything is made, a server that could land on a member other than this
+        host while the hub API is on a loopback address: the member's own loopback is not ours."""
+        host, _, _ = self._hub_address()
+        if not _is_loopback(await asyncio.to_thread(_resolve, host)):
+            return
+        if members:
+            candidates = [m for m in members if m.status == "Online" and m.name not in self.excluded_members]
+            remote = [f"{m.name} ({m.address})" for m in candidates
+                      if not await asyncio.to_thread(_is_this_host, m.address)]
+        else:
+            address = urlparse(self.lxd_endpoint).hostname if self.lxd_endpoint else "127.0.0.1"
+            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the LXD server {address}"]
+        if remote:
+            api = self.hub_connect_url or self.hub.api_url
+            raise SpawnError(
+                f"servers may run on {', '.join(remote)}, which is not this hub's host, but the hub API is "
+                f"at {api}, a loopback address a container there cannot reach: set "
+                "c.Spawner.hub_connect_url (or c.JupyterHub.hub_connect_ip) to an address of the hub that "
+                "members can reach, and make the hub listen there (c.JupyterHub.hub_ip)")
+
     def _container_env(self, api_url_inside: str) -> dict[str, str]:
         env = self.get_env()
         env["JUPYTERHUB_API_URL"] = api_url_inside
@@ -357,6 +434,7 @@ class LxdSpawner(Spawner):
     async def _module_inputs(self, target: str | None, listen_address: str, listen_port: int | None) -> dict:
         uid, gid = self._ids = await self._uid_gid()
         hub_host, hub_port, _ = self._hub_address()
+        hub_host = await asyncio.to_thread(_resolve, hub_host)  # a proxy device connects to an address
         inputs = {
             "name": self.instance,
             "image": self.chosen_image,
@@ -375,13 +453,24 @@ class LxdSpawner(Spawner):
             "limits": config_inputs.limits(self.mem_limit, self.cpu_limit, self.process_limit),
             "privileged": bool(self.privileged_container),
             "config": await asyncio.to_thread(self._instance_config, uid, gid),
-            "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path)},
+            "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path),
+                       "hub_id": self._hub_id},
         }
+        inputs.update(await self._extra_inputs())
+        return inputs
+
+    async def _extra_inputs(self) -> dict:
+        """module_variables, refused when they would override an input the spawner owns."""
         extra = self.module_variables
         if callable(extra):
             extra = await maybe_future(extra(self))
-        inputs.update(extra or {})
-        return inputs
+        extra = dict(extra or {})
+        owned = sorted(set(extra) & set(OWNED_INPUTS))
+        if owned:
+            how = "; ".join(f"{k}: {OWNED_INPUTS[k]}" for k in owned)
+            raise SpawnError(f"module_variables may not set {', '.join(owned)}: the spawner sets "
+                             f"{'it' if len(owned) == 1 else 'them'} itself (use instead: {how})")
+        return extra
 
     async def _place(self) -> str | None:
         """The member to create the server on; None lets LXD choose (or standalone LXD)."""
@@ -433,6 +522,8 @@ class LxdSpawner(Spawner):
         self._files: list[dict] = []
         self._prepare_cmds: list[list[str]] = []
         self._post_cmds: list[list[str]] = []
+        self._members: list[lxd.Member] = []
+        self._hub_id = ""
         self.chosen_image = self.image
 
     @default("options_form")
@@ -490,11 +581,20 @@ class LxdSpawner(Spawner):
             raise SpawnError(f"module_source {source!r} does not exist (or is not a directory)")
         if shutil.which(self.terraform_path) is None:
             raise SpawnError(f"terraform_path {self.terraform_path!r} was not found (is it installed and on PATH?)")
+        await self._extra_inputs()  # refuses overrides of the spawner's own inputs
         try:
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
                 raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")
+            self._members = await lxd.members(self.endpoint)
         except lxd.LxdUnavailable as e:
             raise SpawnError(str(e)) from None
+        await self._check_members_reach_hub(self._members)
+        await self._ensure_hub_id()
+
+    async def _ensure_hub_id(self) -> str:
+        if not self._hub_id:
+            self._hub_id = await asyncio.to_thread(hub_id, os.path.abspath(self.state_dir))
+        return self._hub_id
 
     async def _start(self) -> str:
         began = time.monotonic()
@@ -505,37 +605,61 @@ class LxdSpawner(Spawner):
         self.workspace = str(ws.path)
         self._emit(5, f"Preparing workspace for {self.instance}")
         async with ws.lock():
+            try:  # an unreadable state may hold a kept instance: decide nothing, touch nothing
+                resuming = bool(await asyncio.to_thread(ws.state_resources))
+            except StateUnreadable as e:
+                raise SpawnError(f"cannot start {self.instance}: {e}") from None
             async with reservations.decide:  # choose and reserve as one step
                 self._target = await self._place()
                 reservations.reserve(self._target)
             try:
-                return await self._create(ws, began)
+                return await self._create(ws, began, resuming)
             finally:
                 reservations.release(self._target)
 
-    async def _listen_on(self, ws: Workspace) -> tuple[str, int | None]:
-        """Address and port for the server's proxy device: on the chosen member, and for a kept
-        instance the port it already had when that is still free."""
+    def _member_address(self, name: str | None) -> str:
+        """The address of a cluster member (as an IP address), the remote standalone server's,
+        or 127.0.0.1 for LXD on this host."""
+        if self._members:
+            by_name = {m.name: m for m in self._members}
+            if name in by_name and by_name[name].address:
+                return _resolve(by_name[name].address)
+            raise SpawnError(f"LXD reports no address for cluster member {name!r}")
+        if self.lxd_endpoint:
+            return _resolve(urlparse(self.lxd_endpoint).hostname or "127.0.0.1")
+        return "127.0.0.1"
+
+    async def _listen_on(self, ws: Workspace, resuming: bool) -> tuple[str, int | None]:
+        """Address and port for the server's proxy device: on the chosen member (all its
+        addresses when LXD chooses the member), and for a kept instance the port it already had
+        when that is still free."""
         if self.connect_via != "proxy":
             return "127.0.0.1", None
-        address = "127.0.0.1"
-        if self._target:
-            members = {m.name: m for m in await lxd.members(self.endpoint)}
-            address = members[self._target].address or address
-        kept = await asyncio.to_thread(ws.state_resources)
-        previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if kept else None
+        if self._members and not self._target:
+            address = WILDCARD  # placement = "lxd": the member is known only after apply
+        else:
+            address = await asyncio.to_thread(self._member_address, self._target)
+        previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if resuming else None
         return address, ports.reuse_or_allocate(address, previous, *self.proxy_port_range)
 
-    async def _create(self, ws: Workspace, began: float) -> str:
+    async def _connect_url(self, outputs: dict) -> str:
+        """Where the hub reaches the server: the module's connect address, or, when the proxy
+        listens on all addresses, the address of the member the instance landed on."""
+        address = outputs["connect_address"]
+        if address in (WILDCARD, "::", ""):
+            address = await asyncio.to_thread(self._member_address, outputs.get("location") or self._target)
+        host = f"[{address}]" if ":" in address else address
+        return f"http://{host}:{outputs['connect_port']}"
+
+    async def _create(self, ws: Workspace, began: float, resuming: bool) -> str:
         self.listen_address, self.listen_port = "127.0.0.1", None
         self.ip, self.port = "127.0.0.1", self.server_port  # where the server binds, inside
         _, _, api_inside = self._hub_address()
         record = {"operation": "start", "user": self.user.name, "server": self.name or "",
                   "instance": self.instance, "image": self.chosen_image}
         ticker = None
-        resuming = False
         try:
-            self.listen_address, self.listen_port = await self._listen_on(ws)
+            self.listen_address, self.listen_port = await self._listen_on(ws, resuming)
             secrets = secret_env("server_environment", self._container_env(api_inside))
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
             provider_settings = await asyncio.to_thread(
@@ -546,7 +670,6 @@ class LxdSpawner(Spawner):
                 self._emit(10, "Initialising Terraform")
                 await self._terraform(ws, "init")
                 await ws.mark_initialised(main_tf)
-            resuming = bool(await asyncio.to_thread(ws.state_resources))
             if not resuming:
                 await self._remove_stray_instance(ws)
             elif not self.remove:
@@ -567,6 +690,7 @@ class LxdSpawner(Spawner):
                 self._emit(80, f"Starting kept instance {self.instance}")
                 await lxd.set_running(self.endpoint, self.instance, True)
             outputs = await self.runner.outputs(ws.path)
+            url = await self._connect_url(outputs)
             await self._run_prepare_commands()
             await self._run_post_hub_commands()
         except BaseException as e:
@@ -574,12 +698,12 @@ class LxdSpawner(Spawner):
                 ticker.cancel()
             reason = "cancelled (timeout or stop)" if isinstance(e, asyncio.CancelledError) else str(e)
             keep = resuming and not self.remove  # a kept instance holds the user's files
-            await asyncio.shield(self._clean_failed_start(ws, record, began, reason, keep))
-            if isinstance(e, (TerraformError, SpawnError, asyncio.CancelledError)):
-                raise
+            await asyncio.shield(self._clean_failed_start(ws, record, began, reason or type(e).__name__, keep))
+            if not isinstance(e, Exception) or isinstance(e, (TerraformError, SpawnError)):
+                raise  # BaseException (KeyboardInterrupt, CancelledError...) stays what it is
             raise SpawnError(f"starting {self.instance} failed: {e}") from e
         self.member = outputs.get("location") or self._target or ""
-        self.url = f"http://{outputs['connect_address']}:{outputs['connect_port']}"
+        self.url = url
         await ws.audit({**record, "member": self.member, "outcome": "ok", "url": self.url,
                         "resumed": resuming, "duration": round(time.monotonic() - began, 3),
                         **await self._versions(ws)})
@@ -619,17 +743,24 @@ class LxdSpawner(Spawner):
                 raise SpawnError(f"commands_to_prepare {argv} exited {rc}: {(err or out).strip()[-500:]}")
 
     async def _run_post_hub_commands(self) -> None:
-        for argv in self._post_cmds:
+        """Each command with the allow-listed environment only. What a failing command printed
+        may hold anything (paths, hosts, secrets): it goes to the operator's log, and the user
+        is told which command failed and where the details are."""
+        env = allowed(self.host_environment_allowlist)
+        for i, argv in enumerate(self._post_cmds):
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT)
+                    stderr=asyncio.subprocess.STDOUT, env=env)
             except OSError as e:
-                raise SpawnError(f"post_hub_commands {argv} could not run: {e}") from None
+                self.log.error("post_hub_commands[%d] %s for %s could not run: %s", i, argv, self.instance, e)
+                raise SpawnError(f"post_hub_commands[{i}] could not run; the hub's log has the details") from None
             out, _ = await proc.communicate()
             if proc.returncode != 0:
-                raise SpawnError(f"post_hub_commands {argv} exited {proc.returncode}: "
-                                 f"{out.decode(errors='replace').strip()[-500:]}")
+                self.log.error("post_hub_commands[%d] %s for %s exited %d: %s", i, argv, self.instance,
+                               proc.returncode, out.decode(errors="replace").strip()[-2000:])
+                raise SpawnError(f"post_hub_commands[{i}] exited {proc.returncode}; "
+                                 "the hub's log has its output")
 
     async def _terraform(self, ws: Workspace, command: str, **kwargs) -> None:
         """Run one terraform command in the workspace, logging its events; then re-seal modes."""
@@ -642,15 +773,18 @@ class LxdSpawner(Spawner):
         """Called when the state holds nothing: an instance with our name (a hub killed
         mid-apply) is ours to remove if it carries our label and this workspace's path."""
         info = await lxd.instance(self.endpoint, self.instance)
-        if lxd.made_for(info, ws.path):
+        if lxd.made_for(info, ws.path, await self._ensure_hub_id()):
             self.log.warning("Removing stray instance %s left by an interrupted run", self.instance)
             await lxd.delete_instance(self.endpoint, self.instance)
 
     async def _clean_failed_start(self, ws: Workspace, record: dict, began: float, reason: str,
                                   keep: bool = False) -> None:
         """Destroy whatever a failed start made, so no container or port is left behind; a kept
-        instance (remove = False) that failed to resume is stopped, not destroyed."""
+        instance (remove = False) that failed to resume is stopped, not destroyed. When the
+        clean-up fails too, the audit says so, and the port and instance name stay held: the
+        instance may still be there and bound to it, and the hub's stop() tries again."""
         self.log.error("Start of %s failed: %s", self.instance, reason)
+        cleanup = {"cleanup": "kept instance stopped" if keep else "destroyed"}
         try:
             if keep:
                 if await lxd.instance(self.endpoint, self.instance):
@@ -659,11 +793,17 @@ class LxdSpawner(Spawner):
                 await self._destroy(ws)
         except Exception as e:  # recorded; the original failure is what the user sees
             self.log.error("Cleaning up %s after a failed start also failed: %s", self.instance, e)
-        ports.release(self.listen_address, self.listen_port)
-        self.listen_port = None
-        await ws.audit({**record, "member": self._target or "", "outcome": "failed", "error": reason,
+            cleanup = {"cleanup": "failed", "cleanup_error": str(e)}
+        try:
+            await ws.scrub_secrets({self.api_token or ""})
+        except OSError as e:
+            self.log.error("Could not remove the token of %s from its workspace: %s", self.instance, e)
+        await ws.audit({**record, "member": self._target or "", "outcome": "failed", "error": reason, **cleanup,
                         "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
-        self.instance = ""  # nothing of it is left to poll or stop
+        if cleanup["cleanup"] != "failed":
+            ports.release(self.listen_address, self.listen_port)
+            self.listen_port = None
+            self.instance = ""  # nothing of it is left to poll or stop
 
     async def _destroy(self, ws: Workspace) -> None:
         initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
@@ -687,17 +827,27 @@ class LxdSpawner(Spawner):
                 await self._terraform(ws, "destroy", env=DESTROY_ENV)
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
-            if lxd.made_for(info, ws.path):
+            if lxd.made_for(info, ws.path, await self._ensure_hub_id()):
                 await lxd.delete_instance(self.endpoint, self.instance)
 
     _tool_versions: dict | None = None
 
     async def _versions(self, ws: Workspace) -> dict:
-        if LxdSpawner._tool_versions is None:
-            info = await self.runner.version()
-            LxdSpawner._tool_versions = {"terraform_version": info.get("terraform_version", "")}
-        providers = await asyncio.to_thread(ws.provider_versions)
-        return {**LxdSpawner._tool_versions, "providers": providers}
+        """Tool versions for an audit record. Never raises: a failing probe must not hide the
+        error of the operation being recorded (a failure is simply not cached)."""
+        try:
+            if LxdSpawner._tool_versions is None:
+                info = await self.runner.version()
+                versions = {"terraform_version": info.get("terraform_version", "")}
+                if versions["terraform_version"]:
+                    LxdSpawner._tool_versions = versions
+            else:
+                versions = LxdSpawner._tool_versions
+            providers = await asyncio.to_thread(ws.provider_versions)
+        except Exception as e:
+            self.log.warning("Could not read tool versions for the audit: %s", e)
+            return {"terraform_version": "", "providers": {}}
+        return {**versions, "providers": providers}
 
     async def progress(self):
         seen = 0
@@ -719,18 +869,29 @@ class LxdSpawner(Spawner):
         if not self.instance:
             await self._recover_interrupted_spawn()
             return 0
+        # Only a clear answer ends a server: the instance is gone or stopped, or systemd says the
+        # unit is inactive or failed. "Cannot tell" (LXD unreachable or slow, an exec refused at
+        # the process limit or hanging, an instance starting or frozen) never means dead.
         try:
             info = await lxd.instance(self.endpoint, self.instance)
             if info is None:
                 reason = "the instance no longer exists"
+            elif info.status == "Stopped":
+                reason = "the instance is Stopped"
             elif info.status != "Running":
-                reason = f"the instance is {info.status}"
+                self.log.warning("poll(%s): the instance is %s; not calling it dead", self.instance, info.status)
+                return None
             else:
                 if info.location:
                     self.member = info.location
-                if await lxd.unit_active(self.endpoint, self.instance):
+                active = await lxd.unit_active(self.endpoint, self.instance)
+                if active is None:
+                    self.log.warning("poll(%s): could not ask systemd about the server unit (exec failed or "
+                                     "timed out); not calling it dead", self.instance)
                     return None
-                reason = "the server unit is not active"
+                if active:
+                    return None
+                reason = "systemd says the server unit is inactive or failed"
         except lxd.LxdUnavailable as e:
             # Cannot tell: do not declare a server dead because LXD is briefly unreachable.
             self.log.warning("poll(%s): %s", self.instance, e)
@@ -755,7 +916,7 @@ class LxdSpawner(Spawner):
             leftover = bool(await asyncio.to_thread(ws.state_resources))
             if not leftover:
                 info = await lxd.instance(self.endpoint, name)
-                leftover = lxd.made_for(info, ws.path)
+                leftover = lxd.made_for(info, ws.path, await self._ensure_hub_id())
             if not leftover:
                 return
             self.log.warning("Cleaning up %s, left by a spawn the hub did not finish", name)
@@ -768,7 +929,7 @@ class LxdSpawner(Spawner):
                                     "note": "removed what an interrupted spawn had made"})
                 finally:
                     self.instance = ""
-        except (lxd.LxdUnavailable, TerraformError, WorkspaceBusy) as e:
+        except (lxd.LxdUnavailable, TerraformError, WorkspaceBusy, StateUnreadable) as e:
             self.log.error("Could not clean up after the interrupted spawn of %s: %s", name, e)
 
     async def stop(self, now=False):
@@ -788,8 +949,12 @@ class LxdSpawner(Spawner):
         began = time.monotonic()
         # After a hub restart mid-spawn the state is empty, but the name is deterministic.
         self.instance = self.instance or self._instance_name()
+        # The record describes what ran, from what the last start saved (terraform.tfvars.json),
+        # not from this spawner object, which after a hub restart knows only the configuration.
+        started = await asyncio.to_thread(ws.saved_inputs)
         record = {"operation": "stop", "user": self.user.name, "server": self.name or "",
-                  "instance": self.instance, "member": self.member, "image": self.chosen_image,
+                  "instance": self.instance, "member": self.member or started.get("target") or "",
+                  "image": started.get("image") or self.chosen_image,
                   "kept": not self.remove, **({"reason": reason} if reason else {})}
         async with ws.lock():
             try:
@@ -801,6 +966,7 @@ class LxdSpawner(Spawner):
                 await ws.audit({**record, "outcome": "failed", "error": str(e),
                                 "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
                 raise
+            await ws.scrub_secrets({self.api_token or ""})
             await ws.audit({**record, "outcome": "ok", "duration": round(time.monotonic() - began, 3),
                             **await self._versions(ws)})
         ports.release(self.listen_address, self.listen_port)
@@ -835,6 +1001,7 @@ class LxdSpawner(Spawner):
         self.instance = self.instance or self._instance_name()
         async with ws.lock():
             await self._destroy(ws)
+            await ws.scrub_secrets({self.api_token or ""})
             await ws.audit({"operation": "delete_forever", "user": self.user.name, "server": self.name or "",
                             "instance": self.instance, "outcome": "ok", **await self._versions(ws)})
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -854,6 +1021,7 @@ class LxdSpawner(Spawner):
                 url=self.url,
                 listen_address=self.listen_address,
                 listen_port=self.listen_port,
+                image=self.chosen_image,
             )
         return state
 
@@ -865,6 +1033,7 @@ class LxdSpawner(Spawner):
         self.url = state.get("url", "")
         self.listen_address = state.get("listen_address", "")
         self.listen_port = state.get("listen_port")
+        self.chosen_image = state.get("image") or self.chosen_image
         if self.listen_port:
             ports.claim(self.listen_address, self.listen_port)
 

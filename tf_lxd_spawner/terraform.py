@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .environment import DEFAULT_ALLOWED, allowed
+
 Event = dict
 EventCallback = Callable[[Event], None]
 
@@ -114,14 +116,18 @@ class TerraformRunner:
         env: Mapping[str, str] | None = None,
         gate: asyncio.Semaphore | None = None,
         interrupt_grace: float = 30.0,
+        inherit: tuple[str, ...] | list[str] = DEFAULT_ALLOWED,
     ):
         self.binary = binary
         self.env = dict(env or {})
         self.gate = gate
         self.interrupt_grace = interrupt_grace
+        self.inherit = tuple(inherit)
 
     def _environ(self, extra: Mapping[str, str] | None) -> dict[str, str]:
-        env = dict(os.environ)
+        """Only allow-listed names of the hub's environment, then the runner's and the run's own:
+        the hub's secrets never reach Terraform or its providers."""
+        env = allowed(self.inherit)
         env.update(self.env)
         env.update(extra or {})
         env["CHECKPOINT_DISABLE"] = "1"  # never phone home
@@ -279,15 +285,19 @@ class TerraformRunner:
         return {name: item.get("value") for name, item in raw.items()}
 
     async def version(self) -> dict:
-        """`version -json` of the binary: {"terraform_version": ..., ...}; {} when it cannot run."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.argv("version"),
-            env=self._environ(None),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        out, _ = await proc.communicate()
+        """`version -json` of the binary: {"terraform_version": ..., ...}; {} when it cannot run
+        (a probe must never hide the error of the operation it describes)."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv("version"),
+                env=self._environ(None),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            out, _ = await proc.communicate()
+        except OSError:
+            return {}
         try:
             return json.loads(out)
         except ValueError:

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import string
+import uuid
 import weakref
 from pathlib import Path
 
@@ -25,6 +26,11 @@ import jinja2
 from escapism import escape
 
 DEFAULT_SERVER_DIR = "_default"
+#: Longest directory name a workspace gets: NAME_MAX (255 bytes) less room for the archive
+#: suffix `.deleted-<UTC time>` and the `.<name>.tmp` of atomic writes.
+PATH_COMPONENT_MAX = 200
+_PATH_HASH_LEN = 16
+HUB_ID_FILE = ".hub-id"
 _SAFE_CHARS = set(string.ascii_lowercase + string.digits + ".")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 SECRET_INPUTS = ("server_environment",)
@@ -43,15 +49,48 @@ class WorkspaceBusy(RuntimeError):
     """Another process holds this server's workspace lock."""
 
 
+class StateUnreadable(RuntimeError):
+    """terraform.tfstate exists but is not a readable Terraform state: nothing may be decided
+    from it (an unreadable state is not an empty one)."""
+
+
 def path_component(name: str) -> str:
     """A name made safe as one directory name: lower-case letters, digits and '.' kept, the
-    rest escaped (`-xx`), so two different names never share a directory."""
+    rest escaped (`-xx`), so two different names never share a directory. A name whose escaped
+    form is too long for the file system (a 255-character JupyterHub name, or a few dozen
+    non-ASCII letters at 3 bytes each, escaped to 9 characters) is cut and ends in `_` and a
+    hash of the whole name: '_' never appears unescaped otherwise, so it cannot collide."""
     if not name:
         return "_empty"  # '_' is always escaped in names, so this stands for "" alone
     escaped = escape(name, safe=_SAFE_CHARS, escape_char="-")
     if escaped in (".", ".."):
         escaped = escaped.replace(".", "-2e")
+    if len(escaped) > PATH_COMPONENT_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_PATH_HASH_LEN]
+        escaped = f"{escaped[:PATH_COMPONENT_MAX - _PATH_HASH_LEN - 1]}_{digest}"
     return escaped
+
+
+def hub_id(state_dir: str | Path) -> str:
+    """This hub's id, made once and kept in <state_dir>/.hub-id: written into every instance's
+    labels, it tells this hub's instances from those of another hub that happens to use the
+    same state_dir path on another host. Blocking: call it in a thread."""
+    path = Path(state_dir) / HUB_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    new = uuid.uuid4().hex
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(new + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return new
 
 
 def workspace_path(state_dir: str | Path, username: str, servername: str) -> Path:
@@ -91,16 +130,59 @@ def render_root(module_source: str, inputs: list[str], provider: dict) -> str:
     )
 
 
+#: Environment keys whose values are server credentials.
+_TOKEN_KEYS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_OAUTH_CLIENT_SECRET")
+
+
+def _tokens_in_state(path: Path) -> set[str]:
+    """Token values found in a state file: the server environment is stored there as the JSON
+    text of the env file the module writes."""
+    found: set[str] = set()
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return found
+
+    def visit(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif isinstance(value, list):
+            for v in value:
+                visit(v)
+        elif isinstance(value, str) and any(k in value for k in _TOKEN_KEYS):
+            try:
+                env = json.loads(value)
+            except ValueError:
+                return
+            if isinstance(env, dict):
+                found.update(str(env[k]) for k in _TOKEN_KEYS if env.get(k))
+
+    visit(state)
+    return found
+
+
+def _drop_strings_holding(value, secrets: set[str]):
+    """A copy of a JSON value with every string that contains a secret replaced by ""."""
+    if isinstance(value, dict):
+        return {k: _drop_strings_holding(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_drop_strings_holding(v, secrets) for v in value]
+    if isinstance(value, str) and any(s in value for s in secrets):
+        return ""
+    return value
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _write_private(path: Path, text: str) -> None:
+def _write_private(path: Path, text: str | bytes) -> None:
     """Write atomically (temp file + rename) with mode 0600: no half-written file is ever seen."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode("utf-8") if isinstance(text, str) else text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -185,19 +267,65 @@ class Workspace:
         return await asyncio.to_thread(self._audit, record)
 
     def _seal(self) -> None:
+        """Keep the owner's permission bits, drop everything else (group, world, setuid/setgid/
+        sticky): a 0644 file ends 0600, a 0755 directory or executable 0700. The owner's bits are
+        never taken: the provider executable that `terraform init` unpacks (from a registry or a
+        packed mirror) into .terraform/providers/ must stay executable. Symlinks are left alone
+        (the module and an unpacked mirror's provider links point outside the workspace)."""
         for root, dirs, files in os.walk(self.path):
             for name in dirs + files:
                 path = os.path.join(root, name)
                 if os.path.islink(path):
-                    continue  # the module and provider links point outside the workspace
-                mode = 0o700 if name in dirs else 0o600
-                if os.lstat(path).st_mode & 0o777 & ~mode:
-                    os.chmod(path, os.lstat(path).st_mode & mode)
+                    continue
+                mode = os.lstat(path).st_mode & 0o7777
+                if mode & ~0o700:
+                    os.chmod(path, mode & 0o700)
 
     async def seal(self) -> None:
-        """Take group and world access off everything in the workspace (Terraform writes its
-        lock file 0644 whatever the umask)."""
+        """Take group and world access off everything in the workspace, keeping the owner's
+        bits (Terraform writes its lock file 0644 whatever the umask; see _seal)."""
         await asyncio.to_thread(self._seal)
+
+    def _scrub_secrets(self, known: set[str]) -> list[str]:
+        """Take every server token out of the workspace once its server is stopped: the state
+        (a kept instance's env file content), the backup Terraform leaves beside it, and any
+        other file that holds one. Returns the files changed."""
+        secrets = {s for s in known if s} | _tokens_in_state(self.state_file)
+        backup = self.path / "terraform.tfstate.backup"
+        secrets |= _tokens_in_state(backup)
+        changed = []
+        if backup.exists():
+            backup.unlink()  # the state before the last run: nothing in it is needed any more
+            changed.append(str(backup))
+        if not secrets:
+            return changed
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if state is not None:
+            cleaned = _drop_strings_holding(state, secrets)
+            if cleaned != state:
+                cleaned["serial"] = int(cleaned.get("serial", 0)) + 1
+                _write_private(self.state_file, json.dumps(cleaned, indent=2) + "\n")
+                changed.append(str(self.state_file))
+        for root, dirs, files in os.walk(self.path):
+            dirs[:] = [d for d in dirs if not (root == str(self.path) and d == ".terraform")]
+            for name in files:
+                path = Path(root) / name
+                if path.is_symlink() or not path.is_file() or path.stat().st_size > 64 * 1024 * 1024:
+                    continue
+                data = path.read_bytes()
+                redacted = data
+                for secret in secrets:
+                    redacted = redacted.replace(secret.encode(), b"[redacted]")
+                if redacted != data:
+                    _write_private(path, redacted)
+                    changed.append(str(path))
+        return changed
+
+    async def scrub_secrets(self, known: set[str] = frozenset()) -> list[str]:
+        return await asyncio.to_thread(self._scrub_secrets, set(known))
 
     # -- reading ----------------------------------------------------------------------------
     def audit_records(self) -> list[dict]:
@@ -217,12 +345,27 @@ class Workspace:
 
     def state_resources(self) -> list[dict]:
         """Resources in the Terraform state ([] when there is none yet, or when a run that died
-        left it empty: then LXD, not the state, tells what exists)."""
+        before writing any left it empty: then LXD, not the state, tells what exists). A state
+        that exists but cannot be read raises StateUnreadable: it may hold a kept instance."""
         try:
             with open(self.state_file, encoding="utf-8") as f:
-                return json.load(f).get("resources", [])
-        except (FileNotFoundError, ValueError):
+                text = f.read()
+        except FileNotFoundError:
             return []
+        except OSError as e:
+            raise StateUnreadable(f"cannot read {self.state_file}: {e}") from None
+        if not text.strip():
+            return []
+        try:
+            state = json.loads(text)
+            resources = state.get("resources", [])
+            if not isinstance(resources, list):
+                raise ValueError("'resources' is not a list")
+        except (ValueError, AttributeError) as e:
+            raise StateUnreadable(
+                f"{self.state_file} is not a valid Terraform state ({e}); nothing was changed. Restore it "
+                f"from terraform.tfstate.backup or a backup, or move it away if the instance is gone") from None
+        return resources
 
     def provider_versions(self) -> dict[str, str]:
         """Provider versions pinned in .terraform.lock.hcl, by source address."""
@@ -234,14 +377,19 @@ class Workspace:
 
     # -- locking ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def lock(self):
+    async def lock(self, create: bool = True):
         """Exclusive use of this workspace: in this hub (asyncio) and across processes (flock).
 
-        flock dies with its process, so a killed hub never leaves a stale lock behind.
+        flock dies with its process, so a killed hub never leaves a stale lock behind. With
+        create=False a missing workspace is not made (an operator command checking it): then
+        no spawn can be using it, and there is nothing to lock.
         """
         key = str(self.path.resolve())
         alock = self._locks.setdefault(asyncio.get_running_loop(), {}).setdefault(key, asyncio.Lock())
         async with alock:
+            if not create and not await asyncio.to_thread(self.path.is_dir):
+                yield self
+                return
             await asyncio.to_thread(self._ensure_dirs)
             fd = os.open(self.path / ".spawner.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
