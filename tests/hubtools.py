@@ -22,8 +22,9 @@ CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
 
 
 class Hub:
-    def __init__(self, workdir: Path, extra_config: str = ""):
+    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None):
         self.workdir = workdir
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.hub_port = free_port()
         self.proxy_api_port = free_port()
@@ -64,7 +65,8 @@ class Hub:
 
     # -- process --------------------------------------------------------------------------------
     def start(self):
-        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}")
+        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+                   **self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
@@ -227,29 +229,37 @@ def shut_down(hub: "Hub", lxd_client) -> None:
             inst.delete(wait=True)
 
 
-class CmdlineWatcher:
-    """Collects every process's argv while running, to prove a secret never appears there."""
+class ExecWatcher:
+    """Records the argv of every program the hub process and its descendants execute while the
+    block runs (strace -f on the hub, execve only), to prove a secret never appears in one.
+    Unlike sampling /proc, it cannot miss a short-lived process."""
 
-    def __init__(self):
-        self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if pid.isdigit():
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as f:
-                            self.seen.add(f.read().decode(errors="replace"))
-                    except OSError:
-                        pass
-            time.sleep(0.05)
+    def __init__(self, hub: "Hub"):
+        self.pid = hub.proc.pid
+        self.trace = hub.workdir / f"execve-{uuid.uuid4().hex[:8]}.trace"
+        self.text = ""
+        self._proc: subprocess.Popen | None = None
 
     def __enter__(self):
-        self._thread.start()
+        err = self.trace.with_suffix(".err")
+        self._proc = subprocess.Popen(
+            ["strace", "-f", "-s", "65536", "-e", "trace=execve,execveat", "-e", "signal=none",
+             "-o", str(self.trace), "-p", str(self.pid)],
+            stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
+        deadline = time.monotonic() + 30
+        while "attached" not in err.read_text(errors="replace"):
+            assert self._proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")
+            time.sleep(0.05)
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        self._proc.send_signal(signal.SIGINT)  # strace detaches and flushes
+        self._proc.wait(30)
+        self.text = self.trace.read_text(errors="replace")
+
+    @property
+    def execs(self) -> int:
+        return self.text.count("execve(")
+
+    def seen(self, secret: str) -> bool:
+        return secret in self.text

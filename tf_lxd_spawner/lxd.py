@@ -28,7 +28,7 @@ WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 HUB_ID_KEY = "user.tf-lxd-spawner.hub_id"
 #: Threads per endpoint: enough for a busy hub's polls and spawns, few enough that a hung
 #: endpoint cannot take more than this many threads.
-POOL_SIZE = 4
+POOL_SIZE = 8
 
 
 class LxdUnavailable(RuntimeError):

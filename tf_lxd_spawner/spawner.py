@@ -524,6 +524,7 @@ class LxdSpawner(Spawner):
         self._post_cmds: list[list[str]] = []
         self._members: list[lxd.Member] = []
         self._hub_id = ""
+        self._polling = False
         self.chosen_image = self.image
 
     @default("options_form")
@@ -869,6 +870,15 @@ class LxdSpawner(Spawner):
         if not self.instance:
             await self._recover_interrupted_spawn()
             return 0
+        if self._polling:  # the last poll is still waiting on LXD: no pile of hung requests
+            return None
+        self._polling = True
+        try:
+            return await self._poll()
+        finally:
+            self._polling = False
+
+    async def _poll(self):
         # Only a clear answer ends a server: the instance is gone or stopped, or systemd says the
         # unit is inactive or failed. "Cannot tell" (LXD unreachable or slow, an exec refused at
         # the process limit or hanging, an instance starting or frozen) never means dead.

@@ -3,7 +3,7 @@
 It is both what Terraform runs in and the audit record of that server: the rendered root
 `main.tf`, the per-server inputs (`terraform.tfvars.json`), the state, Terraform's lock file,
 `audit.jsonl` (one record per operation) and `logs/` (the raw `-json` events of every run).
-Directories are 0700 and files 0600: state and logs can hold the server's API token.
+Directories are 0700 and files 0600 (executables 0700): state and logs can hold the server's API token.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ Hostile user and server names: valid, unique instance names and no way into the 
 import asyncio
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import IMAGE
 from spawnerstub import make_spawner
+from tf_lxd_spawner.ports import ports
 from tf_lxd_spawner.spawner import SpawnError
 from tf_lxd_spawner.terraform import TerraformError
 
@@ -18,13 +20,14 @@ pytestmark = pytest.mark.e2e
 
 def refused(tmp_path, lxd_client, message, username="bad", user_options=None, **traits):
     before = {i.name for i in lxd_client.instances.all()}
+    ports_before = set(ports._taken)
     sp = make_spawner(tmp_path / "state", username, **{"image": IMAGE, **traits})
     sp.user_options = user_options or {}
     with pytest.raises(SpawnError, match=message):
         asyncio.run(sp.start())
     assert not (tmp_path / "state").exists(), "a refused spawn must not create a workspace"
     assert {i.name for i in lxd_client.instances.all()} == before
-    assert sp.listen_port is None
+    assert set(ports._taken) == ports_before, "a refused spawn must hold no port"
 
 
 def test_nonexistent_image(tmp_path, lxd_client):
@@ -142,3 +145,85 @@ def test_failed_resume_keeps_the_kept_instance(tmp_path, lxd_client):
         assert not lxd_client.instances.exists(name)
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("owned", ["name", "labels", "listen_port", "server_environment"])
+def test_module_variables_cannot_override_owned_inputs(tmp_path, lxd_client, owned):
+    refused(tmp_path, lxd_client, f"module_variables may not set {owned}: the spawner sets it itself",
+            module_variables={owned: {"x": "y"} if owned in ("labels", "server_environment") else "x"})
+
+
+def test_user_name_starting_with_dash_is_never_an_option(tmp_path, lxd_client):
+    marker = tmp_path / "ran"
+    refused(tmp_path, lxd_client, r"post_hub_commands\[0\]: the argument '\{username\}' would become '-rf'",
+            username="-rf", post_hub_commands=[["touch", str(marker), "{username}"]])
+    assert not marker.exists()
+
+
+def test_corrupt_state_stops_the_spawn_and_touches_nothing(tmp_path, lxd_client):
+    """remove = False: a state file that cannot be read is not an empty state. Read as empty,
+    the stray-instance path deleted the user's kept container; now the spawn stops, saying why."""
+    sp = make_spawner(tmp_path / "state", "corrupt", image=IMAGE, remove=False)
+
+    async def go():
+        await sp.start()
+        await sp.stop()
+        name = sp.instance
+        created = lxd_client.instances.get(name).created_at
+        state = Path(sp.workspace) / "terraform.tfstate"
+        good = state.read_text()
+        state.write_text(good[: len(good) // 2])  # a torn write
+        with pytest.raises(SpawnError, match="terraform.tfstate is not a valid Terraform state"):
+            await sp.start()
+        assert lxd_client.instances.get(name).created_at == created
+        assert lxd_client.instances.get(name).status == "Stopped"
+        assert state.read_text() == good[: len(good) // 2]
+        state.write_text(good)  # restored by the operator: the kept container resumes
+        await sp.start()
+        assert lxd_client.instances.get(name).created_at == created
+        await sp.stop()
+        await sp.delete_forever()
+        assert not lxd_client.instances.exists(name)
+
+    asyncio.run(go())
+
+
+def test_keyboard_interrupt_is_not_turned_into_a_spawn_error(tmp_path, lxd_client):
+    def interrupted(spawner):
+        raise KeyboardInterrupt
+
+    sp = make_spawner(tmp_path / "state", "interrupted", image=IMAGE, get_uid_gid=interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(sp.start())
+    records = [json.loads(line) for line in (Path(sp.workspace) / "audit.jsonl").read_text().splitlines()]
+    assert (records[-1]["outcome"], records[-1]["error"]) == ("failed", "KeyboardInterrupt")
+    assert not lxd_client.instances.exists("jupyter-interrupted")
+
+
+def test_failed_cleanup_is_audited_and_keeps_its_port(tmp_path, lxd_client):
+    """The start fails after apply, and so does the clean-up (LXD refuses to delete a protected
+    instance): the audit says so, and the port stays held, since the instance is still there
+    and bound to it, until a stop that succeeds."""
+    state = tmp_path / "state"
+    ws = state / "stuck" / "_default"
+    protect = ["lxc", "config", "set", "jupyter-stuck", "security.protection.delete"]
+    sp = make_spawner(state, "stuck", image=IMAGE, post_hub_commands=[[*protect, "true"], ["false"]])
+
+    async def go():
+        with pytest.raises(SpawnError, match=r"post_hub_commands\[1\] exited 1"):
+            await sp.start()
+        records = [json.loads(line) for line in (ws / "audit.jsonl").read_text().splitlines()]
+        assert records[-1]["outcome"] == "failed" and records[-1]["cleanup"] == "failed", records[-1]
+        assert "protect" in records[-1]["cleanup_error"].lower(), records[-1]
+        assert lxd_client.instances.exists("jupyter-stuck")
+        port = (sp.listen_address, sp.listen_port)
+        assert sp.listen_port is not None and port in ports._taken
+        subprocess.run([*protect, "false"], check=True)
+        await sp.stop()  # what the hub does after a failed start
+        assert port not in ports._taken
+        assert not lxd_client.instances.exists("jupyter-stuck")
+
+    try:
+        asyncio.run(go())
+    finally:
+        subprocess.run([*protect, "false"], capture_output=True)

@@ -162,9 +162,18 @@ def test_lxd_restart_keeps_servers_and_outage_spawn_fails_clearly(hub, lxd_clien
 def test_container_deleted_behind_the_spawners_back(hub, lxd_client):
     spawn_ready(hub, "vanish")
     inst = lxd_client.instances.get("jupyter-vanish")
-    inst.stop(force=True, wait=True)
-    inst.delete(wait=True)
+    # Deleting takes two steps (stop, then delete). With poll_interval = 1 the hub used to see
+    # the Stopped instance in between and destroy it itself, so the test's delete failed now
+    # and then (once in three runs after the other fault tests, whose load made the window
+    # wider). Freeze the hub meanwhile: it finds the instance simply gone, every time.
+    os.kill(hub.proc.pid, signal.SIGSTOP)
+    try:
+        inst.stop(force=True, wait=True)
+        inst.delete(wait=True)
+    finally:
+        os.kill(hub.proc.pid, signal.SIGCONT)
     wait_for(lambda: hub.server_model("vanish") is None, what="poll to notice")
+    assert "found dead by poll: the instance no longer exists" in (workspace(hub, "vanish") / "audit.jsonl").read_text()
     last = audit(hub, "vanish")[-1]
     assert (last["operation"], last["outcome"]) == ("stop", "ok")
     assert json.loads((workspace(hub, "vanish") / "terraform.tfstate").read_text())["resources"] == []
@@ -238,35 +247,59 @@ def test_orphan_tool_reports_then_cleans(tmp_path, lxd_client):
     # A stale workspace: its instance is deleted behind the spawner's back.
     sp = make_spawner(state, "stale", image=IMAGE)
     asyncio.run(sp.start())
+    hub_id = (state / ".hub-id").read_text().strip()
+    assert lxd_client.instances.get(sp.instance).config["user.tf-lxd-spawner.hub_id"] == hub_id
     inst = lxd_client.instances.get(sp.instance)
     inst.stop(force=True, wait=True)
     inst.delete(wait=True)
-    # An orphan instance: made for a workspace under this state_dir that holds no such state.
-    ghost = lxd_client.instances.create({
-        "name": "jupyter-ghost", "source": {"type": "image", "alias": IMAGE},
-        "config": {"user.tf-lxd-spawner.managed": "true",
-                   "user.tf-lxd-spawner.workspace": str(state / "ghost" / "_default")}}, wait=True)
-    foreign = lxd_client.instances.create({
-        "name": "not-ours", "source": {"type": "image", "alias": IMAGE},
-        "config": {"user.tf-lxd-spawner.managed": "true", "user.tf-lxd-spawner.workspace": "/elsewhere/x/y"}},
-        wait=True)
+
+    def labelled(name, workspace, owner):
+        return lxd_client.instances.create({
+            "name": name, "source": {"type": "image", "alias": IMAGE},
+            "config": {"user.tf-lxd-spawner.managed": "true", "user.tf-lxd-spawner.hub_id": owner,
+                       "user.tf-lxd-spawner.workspace": str(workspace)}}, wait=True)
+
+    # An orphan: made by this hub for a workspace under this state_dir that holds no such state.
+    ghost = labelled("jupyter-ghost", state / "ghost" / "_default", hub_id)
+    # Another hub on another host with the same state_dir path: the path matches, the id does not.
+    foreign = labelled("not-ours", state / "other" / "_default", "another-hub")
+    # A spawn applying right now: in LXD, not yet in its state, its workspace locked.
+    busy_ws = state / "busy" / "_default"
+    busy_ws.mkdir(parents=True)
+    busy = labelled("jupyter-busy", busy_ws, hub_id)
+    lock_fd = os.open(busy_ws / ".spawner.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
     try:
-        report = subprocess.run(cli + ["--json"], capture_output=True, text=True, env=cli_env)
+        # Just made: within the grace period nothing of it is called an orphan.
+        young = subprocess.run(cli + ["--json"], capture_output=True, text=True, env=cli_env)
+        found = json.loads(young.stdout)
+        assert found["orphan_instances"] == [], found
+        assert {s["name"] for s in found["skipped"]} == {"jupyter-ghost", "jupyter-busy"}
+
+        report = subprocess.run(cli + ["--json", "--grace", "0"], capture_output=True, text=True, env=cli_env)
         assert report.returncode == 1, report.stderr
         found = json.loads(report.stdout)
-        assert [o["name"] for o in found["orphan_instances"]] == ["jupyter-ghost"]
+        assert sorted(o["name"] for o in found["orphan_instances"]) == ["jupyter-busy", "jupyter-ghost"]
         assert found["stale_workspaces"] == [{"workspace": sp.workspace, "instance": sp.instance}]
         assert lxd_client.instances.exists("jupyter-ghost")  # reporting changes nothing
 
-        cleaned = subprocess.run(cli + ["--destroy"], capture_output=True, text=True, env=cli_env)
-        assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
-        assert "deleted orphan instance jupyter-ghost" in cleaned.stdout
+        cleaned = subprocess.run(cli + ["--destroy", "--grace", "0"], capture_output=True, text=True, env=cli_env)
+        assert "deleted orphan instance jupyter-ghost" in cleaned.stdout, cleaned.stdout + cleaned.stderr
+        assert f"skipped jupyter-busy: its workspace {busy_ws} is in use" in cleaned.stdout, cleaned.stdout
+        assert cleaned.returncode == 1  # the busy one is still there
         assert not lxd_client.instances.exists("jupyter-ghost")
+        assert lxd_client.instances.exists("jupyter-busy")  # a live spawn's instance: untouched
         assert lxd_client.instances.exists("not-ours")  # another hub's: never touched
         assert json.loads((Path(sp.workspace) / "terraform.tfstate").read_text())["resources"] == []
-        again = subprocess.run(cli, capture_output=True, text=True, env=cli_env)
-        assert (again.returncode, again.stdout.strip()) == (0, "no orphans")
     finally:
-        for inst in (ghost, foreign):
+        os.close(lock_fd)
+    try:
+        again = subprocess.run(cli + ["--destroy", "--grace", "0"], capture_output=True, text=True, env=cli_env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert not lxd_client.instances.exists("jupyter-busy")
+        final = subprocess.run(cli, capture_output=True, text=True, env=cli_env)
+        assert (final.returncode, final.stdout.strip()) == (0, "no orphans")
+    finally:
+        for inst in (ghost, foreign, busy):
             if lxd_client.instances.exists(inst.name):
                 inst.delete(wait=True)

@@ -78,15 +78,37 @@ def test_cancel_interrupts_before_killing(tmp_path, fake):
     assert mark.read_text() == "interrupted"
 
 
-def test_concurrency_gate_caps_processes(tmp_path, fake):
+def _most_at_once(marks: str) -> int:
+    """The most processes running together, from their '+' (started) and '-' (ending) marks."""
+    running = most = 0
+    for mark in marks:
+        running += 1 if mark == "+" else -1
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_concurrency_gate_caps_processes(tmp_path, fake, limit):
+    """The gate as the spawner gets it: LxdSpawner.runner makes a new runner on every call, each
+    with `gate=concurrency_gate(terraform_concurrency)`. More runs than the limit at once: at
+    most `limit` processes run together, and with limit 2 two do (the gate is not one lock)."""
     mark = tmp_path / "mark"
+    runs = 3 * limit + 1
+
+    async def one_run():
+        runner = TerraformRunner(fake, env={"FAKE_MODE": "busy", "FAKE_MARK": str(mark)},
+                                 gate=concurrency_gate(limit))
+        await runner.run("apply", cwd=tmp_path)
 
     async def go():
-        gate = asyncio.Semaphore(1)
-        runner = TerraformRunner(fake, env={"FAKE_MODE": "busy", "FAKE_MARK": str(mark)}, gate=gate)
-        await asyncio.gather(*(runner.run("apply", cwd=tmp_path) for _ in range(3)))
+        await asyncio.gather(*(one_run() for _ in range(runs)))
 
     asyncio.run(go())
-    assert mark.read_text() == "+-+-+-"  # never two at once
+    marks = mark.read_text()
+    assert (marks.count("+"), marks.count("-")) == (runs, runs), marks
+    assert _most_at_once(marks) == limit, marks
+
+
+def test_concurrency_gate_refuses_less_than_one():
     with pytest.raises(ValueError):
         concurrency_gate(0)

@@ -3,6 +3,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -61,16 +62,65 @@ def test_seal_takes_group_and_world_access(tmp_path):
     assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
 
 
+def test_seal_keeps_the_owners_bits(tmp_path):
+    """The provider that `terraform init` unpacks from a registry or packed mirror is a real
+    executable in the workspace: sealing must not take its owner's execute bit."""
+    ws = Workspace(tmp_path / "w")
+    sub = ws.path / ".terraform" / "providers"
+    sub.mkdir(parents=True)
+    os.chmod(sub, 0o755)
+    exe = sub / "terraform-provider-lxd_v1.5.0"
+    exe.write_text("#!/bin/sh\n")
+    os.chmod(exe, 0o755)
+    plain = ws.path / "terraform.tfstate"
+    plain.write_text("{}")
+    os.chmod(plain, 0o644)
+    outside = tmp_path / "outside"
+    outside.write_text("x")
+    os.chmod(outside, 0o755)
+    link = sub / "link"
+    link.symlink_to(outside)
+    asyncio.run(ws.seal())
+    assert stat.S_IMODE(os.stat(exe).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(plain).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(sub).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(sub.parent).st_mode) == 0o700
+    assert link.is_symlink() and os.readlink(link) == str(outside)
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o755  # not followed
+
+
+def test_sealed_workspace_can_still_run_its_provider(tmp_path):
+    """With the project's packed mirror, init installs the provider as a file (not a link); after
+    seal, Terraform can still start it (the old seal made this 'fork/exec ... permission denied')."""
+    ws = Workspace(tmp_path / "w")
+    ws.path.mkdir()
+    ws.main_tf.write_text('terraform {\n  required_providers {\n    lxd = { source = "terraform-lxd/lxd" }\n'
+                          '  }\n}\nprovider "lxd" {\n  generate_client_certificates = false\n}\n')
+    env = terraform_env()
+    subprocess.run(["terraform", "init", "-input=false"], cwd=ws.path, env=env, check=True, capture_output=True)
+    installed = [os.path.join(root, name) for root, _, names in os.walk(ws.path / ".terraform" / "providers")
+                 for name in names if name.startswith("terraform-provider-lxd")]
+    assert installed and not any(os.path.islink(p) for p in installed), (
+        f"provider not installed as a file ({installed}): is .cache's mirror packed? run `make provider`")
+    asyncio.run(ws.seal())
+    assert all(stat.S_IMODE(os.stat(p).st_mode) == 0o700 for p in installed)
+    out = subprocess.run(["terraform", "validate", "-json"], cwd=ws.path, env=env, capture_output=True, text=True)
+    assert json.loads(out.stdout)["valid"], out.stdout
+
+
 def test_lock_is_exclusive_across_processes(tmp_path):
     ws = Workspace(tmp_path / "w")
 
     async def go():
         async with ws.lock():
             holder = subprocess.run(
-                ["python", "-c", "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR);"
-                 "fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)", str(ws.path / ".spawner.lock")],
-                capture_output=True)
-            assert holder.returncode != 0  # another process cannot take it
+                [sys.executable, "-c", "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR)\n"
+                 "try:\n    fcntl.flock(fd, fcntl.LOCK_EX|fcntl.LOCK_NB)\n"
+                 "except BlockingIOError:\n    print('busy')\nelse:\n    print('taken')",
+                 str(ws.path / ".spawner.lock")],
+                capture_output=True, text=True)
+            # another process cannot take it: flock itself says it is held (not any other error)
+            assert (holder.returncode, holder.stdout) == (0, "busy\n"), holder.stderr
         async with ws.lock():  # released: taken again at once
             pass
 

@@ -93,7 +93,7 @@ variable "server_port" {
 }
 
 variable "server_environment" {
-  description = "Environment of the single-user server (JUPYTERHUB_API_TOKEN among it). Written into the instance as a root-only 0600 file; pass it through TF_VAR_server_environment, never on a command line."
+  description = "Environment of the single-user server (JUPYTERHUB_API_TOKEN among it). Written into the instance as a root-only 0600 file; pass it as data (the spawner's root module takes it as JSON text in TF_VAR_server_environment_json), never on a command line."
   type        = map(string)
   default     = {}
   sensitive   = true
