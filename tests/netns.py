@@ -28,7 +28,8 @@ from pathlib import Path
 import pylxd
 from pylxd.client import get_session_for_url
 
-NO_PROXY = "127.0.0.0/8,10.213.0.0/24"
+SUBNET = "10.213.0"  # the bridge is .1, member i is .(10+i)
+NO_PROXY = f"127.0.0.0/8,{SUBNET}.0/24"
 # A closed loopback port as proxy: the daemons must make no outside connection; NO_PROXY lets
 # cluster members talk to each other directly.
 PROXY_ENV = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": NO_PROXY,
@@ -51,12 +52,12 @@ def umount_under(path: Path):
 class Member:
     """One daemon: its namespace, veth, address and LXD_DIR."""
 
-    def __init__(self, base: Path, index: int, prefix: str, subnet: str, cluster: bool):
+    def __init__(self, base: Path, index: int, prefix: str, cluster: bool):
         self.index = index
         self.name = f"m{index}"
         self.netns = f"{prefix}-m{index}"
         self.veth = f"{prefix}v{index}"  # host end; the namespace end is called eth0
-        self.address = f"{subnet}.{10 + index}"
+        self.address = f"{SUBNET}.{10 + index}"
         self.url = f"https://{self.address}:8443"
         self.dir = base / self.name
         # What a client pins: every cluster member serves the shared cluster certificate.
@@ -82,8 +83,8 @@ class Member:
     def start(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / "daemon.log", "ab") as log:
-            self.proc = subprocess.Popen(self.in_netns("lxd", "--group", "root", "--logfile", str(self.dir / "lxd.log")),
-                                         env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+            cmd = self.in_netns("lxd", "--group", "root", "--logfile", str(self.dir / "lxd.log"))
+            self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         r = subprocess.run(["lxd", "waitready", "--timeout=60"], env=self.env(), capture_output=True, text=True)
         if r.returncode != 0:
@@ -112,16 +113,15 @@ class Member:
 class NetnsLxd:
     """LXD daemons reachable from the root namespace only over 10.213.0.x (see module docstring)."""
 
-    def __init__(self, size: int = 1, cluster: bool = False, base: Path | None = None,
-                 prefix: str = "tflxd", subnet: str = "10.213.0"):
+    def __init__(self, size: int = 1, cluster: bool = False, base: Path | None = None, prefix: str = "tflxd"):
         self.cluster = cluster
         self.prefix = prefix
         self.bridge = f"{prefix}br0"
-        self.host_address = f"{subnet}.1"  # the root namespace, as the members see it
+        self.host_address = f"{SUBNET}.1"  # the root namespace, as the members see it
         # /var/tmp, not /tmp: container roots live below; 0711 lets unprivileged roots traverse.
         self.base = base or Path(tempfile.mkdtemp(prefix="tf-lxd-netns-", dir="/var/tmp"))
         self.base.chmod(0o711)
-        self.members = [Member(self.base, i, prefix, subnet, cluster) for i in range(1, size + 1)]
+        self.members = [Member(self.base, i, prefix, cluster) for i in range(1, size + 1)]
         self.cert = self.base / "client.crt"
         self.key = self.base / "client.key"
 

@@ -83,7 +83,7 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
         client = _clients.get(endpoint)
     if client is not None:
         return client
-    kwargs = {"timeout": (min(10.0, endpoint.timeout), endpoint.timeout)}
+    kwargs = {"timeout": endpoint.timeout}  # connecting (TLS handshake included) and each read
     if endpoint.url:
         cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
         session = get_session_for_url(endpoint.url, verify=endpoint.verify, cert=cert)

@@ -599,9 +599,14 @@ class LxdSpawner(Spawner):
 
     async def _start(self) -> str:
         began = time.monotonic()
+        kept = self.instance
         self.instance = self.instance or self._instance_name()
         self._emit(2, f"Checking the request for {self.instance}")
-        await self._preflight()
+        try:
+            await self._preflight()
+        except BaseException:
+            self.instance = kept  # refused before anything was made: nothing to poll or stop
+            raise
         ws = self._workspace()
         self.workspace = str(ws.path)
         self._emit(5, f"Preparing workspace for {self.instance}")
@@ -955,6 +960,7 @@ class LxdSpawner(Spawner):
     async def _stop(self, reason: str = "") -> None:
         ws = self._workspace()
         if not await asyncio.to_thread(ws.path.exists):
+            self.instance = ""
             return  # never got as far as a workspace: nothing to stop, nothing to record
         began = time.monotonic()
         # After a hub restart mid-spawn the state is empty, but the name is deterministic.

@@ -80,3 +80,22 @@ def test_subid_check_says_what_to_add(tmp_path):
     check_subid_allowed(2345, 100001, str(tmp_path / "subuid"), str(tmp_path / "subgid"))
     with pytest.raises(ConfigError, match=r"add 'root:2345:1' in .*subgid"):
         check_subid_allowed(2345, 2345, str(tmp_path / "subuid"), str(tmp_path / "subgid"))
+
+
+def test_a_name_starting_with_dash_never_becomes_an_option():
+    def expand(text):
+        return text.format(username="-rf", servername="")
+
+    with pytest.raises(ConfigError, match=r"post_hub_commands\[0\]: the argument '\{username\}' would become '-rf'"):
+        command_lists([["rm", "{username}"]], expand, "post_hub_commands")
+    # The operator's own options, and a name as an option's value, stay allowed.
+    assert command_lists([["useradd", "--comment={username}", "-m", "x"]], expand, "post_hub_commands") == [
+        ["useradd", "--comment=-rf", "-m", "x"]]
+
+
+def test_only_allow_listed_environment_passes():
+    from tf_lxd_spawner.environment import DEFAULT_ALLOWED, allowed
+
+    hub_env = {"PATH": "/bin", "LC_ALL": "C", "TF_CLI_CONFIG_FILE": "/x", "CONFIGPROXY_AUTH_TOKEN": "s",
+               "JUPYTERHUB_CRYPT_KEY": "k", "AWS_SECRET_ACCESS_KEY": "a", "PATHOLOGICAL": "p"}
+    assert allowed(DEFAULT_ALLOWED, hub_env) == {"PATH": "/bin", "LC_ALL": "C", "TF_CLI_CONFIG_FILE": "/x"}

@@ -112,3 +112,18 @@ def test_concurrency_gate_caps_processes(tmp_path, fake, limit):
 def test_concurrency_gate_refuses_less_than_one():
     with pytest.raises(ValueError):
         concurrency_gate(0)
+
+
+def test_runner_passes_only_the_allow_listed_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONFIGPROXY_AUTH_TOKEN", "hub-secret")
+    monkeypatch.setenv("TF_LOG_PATH", "/dev/null")
+    env = TerraformRunner("terraform", env={"TF_CLI_CONFIG_FILE": "/x"})._environ({"TF_VAR_a": "1"})
+    assert "CONFIGPROXY_AUTH_TOKEN" not in env
+    assert env["TF_LOG_PATH"] == "/dev/null" and env["TF_CLI_CONFIG_FILE"] == "/x" and env["TF_VAR_a"] == "1"
+
+
+def test_a_failing_version_probe_never_raises(tmp_path):
+    async def go():
+        return await TerraformRunner(str(tmp_path / "gone")).version()
+
+    assert asyncio.run(go()) == {}

@@ -146,3 +146,63 @@ def test_lock_held_elsewhere_is_reported(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+# -- names at JupyterHub's limits ----------------------------------------------------------------
+LONG = ["é" * 255, "名" * 255, "ж" * 255, "λ" * 254 + "a", "u" * 255, "😀" * 255, "ab-" * 85]
+
+
+def test_long_names_fit_a_directory_name_and_stay_unique():
+    from tf_lxd_spawner.workspace import PATH_COMPONENT_MAX, path_component
+
+    parts = [path_component(n) for n in LONG]
+    assert all(len(p.encode()) <= PATH_COMPONENT_MAX for p in parts), [len(p) for p in parts]
+    assert len(set(parts)) == len(parts)
+    assert parts == [path_component(n) for n in LONG]  # stable: a restarted hub finds the same
+    # Names that differ only past the cut still get their own directory.
+    assert path_component("é" * 254 + "a") != path_component("é" * 254 + "b")
+    # Short names keep their readable form, without a hash.
+    assert path_component("zoë") == "zo-C3-AB" and "_" not in path_component("alice")
+
+
+def test_long_names_make_real_directories(tmp_path):
+    from tf_lxd_spawner.workspace import Workspace, workspace_path
+
+    for name in LONG:
+        ws = Workspace(workspace_path(tmp_path, name, name))
+        ws._prepare("# root\n", {"name": name})
+        archived = ws.path.with_name(ws.path.name + ".deleted-20261129T001332Z")
+        ws.path.rename(archived)  # what delete_forever does: the suffix must fit too
+        assert archived.is_dir()
+
+
+def test_unreadable_state_is_not_an_empty_one(tmp_path):
+    from tf_lxd_spawner.workspace import StateUnreadable, Workspace
+
+    ws = Workspace(tmp_path)
+    assert ws.state_resources() == []  # no state yet
+    ws.state_file.write_text('{"version": 4, "resources": [{"type": "lxd_co')
+    with pytest.raises(StateUnreadable, match="is not a valid Terraform state"):
+        ws.state_resources()
+
+
+def test_scrub_removes_tokens_from_state_backup_and_logs(tmp_path):
+    from tf_lxd_spawner.workspace import Workspace
+
+    token = "4f9c0e1d2b3a49e8a7c6b5d4e3f2a1b0"
+    env_json = json.dumps({"JUPYTERHUB_API_TOKEN": token, "OTHER": "x"})
+    state = {"version": 4, "serial": 7, "resources": [{"type": "lxd_container", "instances": [
+        {"attributes": {"name": "jupyter-a", "file": [{"target_file": "/etc/x/env.json", "content": env_json}]}}]}]}
+    ws = Workspace(tmp_path)
+    ws.state_file.write_text(json.dumps(state))
+    (tmp_path / "terraform.tfstate.backup").write_text(json.dumps(state))
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "run.jsonl").write_text(f'{{"@message": "token {token}"}}\n')
+    ws._scrub_secrets(set())
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(), path
+    assert not (tmp_path / "terraform.tfstate.backup").exists()
+    scrubbed = json.loads(ws.state_file.read_text())
+    assert scrubbed["serial"] == 8
+    assert scrubbed["resources"][0]["instances"][0]["attributes"]["name"] == "jupyter-a"
