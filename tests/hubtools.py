@@ -22,9 +22,10 @@ CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
 
 
 class Hub:
-    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None):
+    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None, python: str = sys.executable):
         self.workdir = workdir
         self.extra_env = dict(env or {})
+        self.python = python
         self.port = free_port()
         self.hub_port = free_port()
         self.proxy_api_port = free_port()
@@ -65,11 +66,11 @@ class Hub:
 
     # -- process --------------------------------------------------------------------------------
     def start(self):
-        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(self.python).parent}:{os.environ['PATH']}",
                    **self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
+            [self.python, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60

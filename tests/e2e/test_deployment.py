@@ -29,7 +29,7 @@ CANARY = "canary-7d1f0c2b9a"
 # key for encrypted auth state, credentials of the hub's database or cloud account.
 HUB_SECRETS = {"HUB_DATABASE_PASSWORD": CANARY, "AWS_SECRET_ACCESS_KEY": CANARY + "-aws",
                "JUPYTERHUB_CRYPT_KEY": "a" * 64, "CONFIGPROXY_AUTH_TOKEN": CANARY + "-proxy"}
-ALT_IMAGE = "jupyter-notebook-alt"
+ALT_IMAGE = "jupyter-notebook-audit-alt"
 
 
 class HungEndpoint:
@@ -273,6 +273,10 @@ def test_no_token_left_in_a_workspace(hub, lxd_client):
     second = container_token(lxd_client, name)
     assert second != first
     stop(hub, "keeper", "kept", remove=True)
+    deadline = time.monotonic() + 120  # the hub calls delete_forever() after it answered
+    while not list(ws.parent.glob(f"{ws.name}.deleted-*")):
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.25)
     assert not lxd_client.instances.exists(name)
     (archived,) = ws.parent.glob(f"{ws.name}.deleted-*")
     assert files_holding(archived, first) == [] and files_holding(archived, second) == []
@@ -299,10 +303,12 @@ def test_failing_post_hub_command_shows_the_user_a_neutral_message(hub, lxd_clie
         time.sleep(0.25)
 
 
+# JupyterHub takes user names up to 255 characters; new server names must be safe slugs of at
+# most 30 (lower-case ASCII letters, digits, single hyphens).
 LONG_NAMES = [
     ("é" * 255, ""),          # Latin with accents: 510 bytes, escaped 1530 characters
     ("名" * 255, ""),          # CJK: 765 bytes
-    ("ж" * 128 + "a" * 127, "λ" * 255),  # Cyrillic user, Greek named server
+    ("ж" * 128 + "ع" * 127, "s" + "0-" * 14 + "z"),  # Cyrillic and Arabic user, longest server name
 ]
 
 
