@@ -2,7 +2,9 @@
 # Install the Debian packages the stack needs, only when one is missing (a cached run costs
 # one dpkg query). btrfs-progs comes first: LXD offers btrfs pools only when it is there at start.
 set -euo pipefail
-packages=(btrfs-progs lxd debootstrap busybox-static)
+# strace: the tests' exec watcher (argv of every program the hub runs); iproute2 and openssl: the
+# remote-member tests (network namespaces, client certificates).
+packages=(btrfs-progs lxd debootstrap busybox-static strace iproute2 openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

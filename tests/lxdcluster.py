@@ -25,6 +25,29 @@ PROXY_ENV = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.
 TINY = "tiny"
 
 
+def join_preseed(name: str, address: str, token: str) -> str:
+    """The preseed that joins a daemon to a cluster whose storage pool is called `local`."""
+    return f"""
+cluster:
+  enabled: true
+  server_name: {name}
+  server_address: {address}:8443
+  cluster_token: {token}
+  member_config:
+  - entity: storage-pool
+    name: local
+    key: source
+    value: ""
+"""
+
+
+def make_client_cert(cert: Path, key: Path) -> None:
+    """A throw-away client certificate for the tests' https clients."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
+                    "-sha384", "-nodes", "-days", "2", "-subj", "/CN=tf-lxd-spawner-test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+
+
 class Member:
     def __init__(self, base: Path, index: int):
         self.name = f"m{index}"
@@ -106,21 +129,8 @@ profiles:
         for m in self.members[1:]:
             token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
             m.start()
-            m.preseed(f"""
-cluster:
-  enabled: true
-  server_name: {m.name}
-  server_address: {m.address}:8443
-  cluster_token: {token}
-  member_config:
-  - entity: storage-pool
-    name: local
-    key: source
-    value: ""
-""")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
-                        "-sha384", "-nodes", "-days", "2", "-subj", "/CN=tf-lxd-spawner-test",
-                        "-keyout", str(self.key), "-out", str(self.cert)], check=True, capture_output=True)
+            m.preseed(join_preseed(m.name, m.address, token))
+        make_client_cert(self.cert, self.key)
         first.lxc("config", "trust", "add", str(self.cert))
         return self
 

@@ -16,6 +16,7 @@ a cluster that the others join by token.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import pylxd
 from pylxd.client import get_session_for_url
+
+from lxdcluster import join_preseed, make_client_cert
 
 SUBNET = "10.213.0"  # the bridge is .1, member i is .(10+i)
 NO_PROXY = f"127.0.0.0/8,{SUBNET}.0/24"
@@ -211,9 +214,7 @@ profiles:
     def up(self):
         """Network, daemons, client certificate. On failure, call down()."""
         self._make_network()
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
-                        "-sha384", "-nodes", "-days", "2", "-subj", "/CN=tf-lxd-spawner-test",
-                        "-keyout", str(self.key), "-out", str(self.cert)], check=True, capture_output=True)
+        make_client_cert(self.cert, self.key)
         if not self.cluster:
             for m in self.members:
                 m.start()
@@ -226,18 +227,7 @@ profiles:
         for m in self.members[1:]:
             token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
             m.start()
-            m.preseed(f"""
-cluster:
-  enabled: true
-  server_name: {m.name}
-  server_address: {m.address}:8443
-  cluster_token: {token}
-  member_config:
-  - entity: storage-pool
-    name: local
-    key: source
-    value: ""
-""")
+            m.preseed(join_preseed(m.name, m.address, token))
         first.lxc("config", "trust", "add", str(self.cert))
         return self
 
@@ -288,3 +278,15 @@ cluster:
         self._remove_network()  # also kills anything left in the namespaces (forkproxy, monitors)
         umount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(size: int, cluster: bool, image: str, workdir: Path):
+    """NetnsLxd up, with `image` copied in from the host's LXD; always torn down."""
+    lxd = NetnsLxd(size=size, cluster=cluster)
+    try:
+        lxd.up()
+        lxd.import_image_from_host(image, workdir)
+        yield lxd
+    finally:
+        lxd.down()

@@ -234,10 +234,26 @@ class Workspace:
         digest = hashlib.sha256(main_tf.encode()).hexdigest()
         _write_private(self.main_tf, main_tf)
         _write_private(self.tfvars, json.dumps(tfvars, indent=2, sort_keys=True) + "\n")
+        if self._drop_dangling_provider_links():
+            return True
         try:
             return stamp.read_text() != digest
         except OSError:
             return True
+
+    def _drop_dangling_provider_links(self) -> bool:
+        """An unpacked filesystem_mirror installs providers as links into the mirror; when the
+        mirror moves or is repacked (as the registry serves it), the links dangle, apply and
+        destroy fail, and init cannot lay a provider over them. Remove them: True when init must
+        run again."""
+        found = False
+        for root, dirs, files in os.walk(self.path / ".terraform" / "providers"):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                if os.path.islink(path) and not os.path.exists(path):
+                    os.unlink(path)
+                    found = True
+        return found
 
     async def prepare(self, main_tf: str, tfvars: dict) -> bool:
         return await asyncio.to_thread(self._prepare, main_tf, tfvars)

@@ -7,20 +7,15 @@ import pytest
 
 from conftest import IMAGE
 from hubtools import Hub, shut_down
-from netns import NetnsLxd
+import netns
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    lxd = NetnsLxd(size=2, cluster=True)
-    try:
-        lxd.up()
-        lxd.import_image_from_host(IMAGE, tmp_path_factory.mktemp("image"))
+    with netns.running(2, True, IMAGE, tmp_path_factory.mktemp("image")) as lxd:
         yield lxd
-    finally:
-        lxd.down()
 
 
 def test_servers_on_members_chosen_by_lxd_and_by_the_spawner(cluster, tmp_path, lxd_client):

@@ -14,7 +14,7 @@ import pytest
 import spawnerstub
 from conftest import IMAGE
 from hubtools import Hub, shut_down
-from netns import NetnsLxd
+import netns
 from tf_lxd_spawner.spawner import SpawnError
 
 pytestmark = pytest.mark.e2e
@@ -22,13 +22,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
-    lxd = NetnsLxd(size=1, cluster=False)
-    try:
-        lxd.up()
-        lxd.import_image_from_host(IMAGE, tmp_path_factory.mktemp("image"))
+    with netns.running(1, False, IMAGE, tmp_path_factory.mktemp("image")) as lxd:
         yield lxd
-    finally:
-        lxd.down()
 
 
 def endpoint_traits(lxd) -> dict:

@@ -206,3 +206,16 @@ def test_scrub_removes_tokens_from_state_backup_and_logs(tmp_path):
     scrubbed = json.loads(ws.state_file.read_text())
     assert scrubbed["serial"] == 8
     assert scrubbed["resources"][0]["instances"][0]["attributes"]["name"] == "jupyter-a"
+
+
+def test_dangling_provider_links_are_removed_and_init_runs_again(tmp_path):
+    """A workspace initialised from an unpacked mirror that was since repacked or moved."""
+    ws = Workspace(tmp_path / "ws")
+    assert ws._prepare("# root\n", {}) is True
+    ws._mark_initialised("# root\n")
+    assert ws._prepare("# root\n", {}) is False
+    platform = ws.path / ".terraform" / "providers" / "registry.terraform.io" / "terraform-lxd" / "lxd" / "1.5.0"
+    platform.mkdir(parents=True)
+    (platform / "linux_amd64").symlink_to(tmp_path / "old-mirror" / "linux_amd64")
+    assert ws._prepare("# root\n", {}) is True
+    assert not os.path.lexists(platform / "linux_amd64")
