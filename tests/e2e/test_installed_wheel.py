@@ -34,8 +34,9 @@ def installed(tmp_path_factory):
     # Dependencies come from the test venv (no download); the package itself only from the wheel.
     Path(site, "test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    # (from another directory: `python -c` puts the working directory first on sys.path)
     where = subprocess.run([str(python), "-c", "import tf_lxd_spawner.spawner as s; print(s.default_module_source())"],
-                           check=True, capture_output=True, text=True).stdout.strip()
+                           check=True, capture_output=True, text=True, cwd=work).stdout.strip()
     assert where.startswith(site), where  # the packaged module, not the repository's
     return python, where
 
