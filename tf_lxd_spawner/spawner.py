@@ -114,7 +114,9 @@ class LxdSpawner(Spawner):
         allow_none=True,
         help="""Callable(spawner) -> (uid, gid), may be async: the ids the user's account gets
         inside the container, so files in mounted directories belong to the right host ids.
-        None: the user's ids on the hub host when the account exists there, else 1000:1000.""",
+        None: the user's ids on the hub host when a regular account (uid 1000 or more) of that
+        name exists there, else 1000:1000; a hub user called "root" or "daemon" never gets a
+        system account's ids. uid or gid 0 is refused: the server never runs as root.""",
     ).tag(config=True)
 
     create_mount_dirs = Bool(
@@ -363,14 +365,20 @@ class LxdSpawner(Spawner):
     async def _uid_gid(self) -> tuple[int, int]:
         if self.get_uid_gid is not None:
             uid, gid = await maybe_future(self.get_uid_gid(self))
-            return int(uid), int(gid)
+            uid, gid = int(uid), int(gid)
+            if uid == 0 or gid == 0:
+                raise SpawnError(f"get_uid_gid gave uid {uid} and gid {gid} for {self.user.name!r}: the server "
+                                 "would run as root in its container; refused")
+            return uid, gid
         import pwd
 
         try:
             pw = await asyncio.to_thread(pwd.getpwnam, self.user.name)
-            return pw.pw_uid, pw.pw_gid
         except KeyError:
             return 1000, 1000
+        if pw.pw_uid < 1000 or pw.pw_gid < 1000 or pw.pw_uid == 65534:
+            return 1000, 1000  # a system account of the hub host ("root", "daemon"...): not this user's
+        return pw.pw_uid, pw.pw_gid
 
     def _hub_address(self) -> tuple[str, int, str]:
         """(host, port) of the hub API as the member sees it, and the API URL as the container
@@ -583,6 +591,7 @@ class LxdSpawner(Spawner):
         if shutil.which(self.terraform_path) is None:
             raise SpawnError(f"terraform_path {self.terraform_path!r} was not found (is it installed and on PATH?)")
         await self._extra_inputs()  # refuses overrides of the spawner's own inputs
+        await self._uid_gid()  # refuses root
         try:
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
                 raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")

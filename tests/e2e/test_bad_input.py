@@ -153,6 +153,11 @@ def test_module_variables_cannot_override_owned_inputs(tmp_path, lxd_client, own
             module_variables={owned: {"x": "y"} if owned in ("labels", "server_environment") else "x"})
 
 
+def test_get_uid_gid_giving_root_is_refused(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, "get_uid_gid gave uid 0 and gid 0 for 'bad': the server would run as root",
+            get_uid_gid=lambda spawner: (0, 0))
+
+
 def test_user_name_starting_with_dash_is_never_an_option(tmp_path, lxd_client):
     marker = tmp_path / "ran"
     refused(tmp_path, lxd_client, r"post_hub_commands\[0\]: the argument '\{username\}' would become '-rf'",
@@ -192,7 +197,7 @@ def test_keyboard_interrupt_is_not_turned_into_a_spawn_error(tmp_path, lxd_clien
     def interrupted(spawner):
         raise KeyboardInterrupt
 
-    sp = make_spawner(tmp_path / "state", "interrupted", image=IMAGE, get_uid_gid=interrupted)
+    sp = make_spawner(tmp_path / "state", "interrupted", image=IMAGE, environment={"LATE": interrupted})
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(sp.start())
     records = [json.loads(line) for line in (Path(sp.workspace) / "audit.jsonl").read_text().splitlines()]

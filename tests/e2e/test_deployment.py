@@ -341,3 +341,24 @@ def test_stop_record_names_the_image_that_ran_after_a_hub_restart(hub):
     stop(hub, "imagerec")
     records = audit(ws_of(hub, "imagerec"))
     assert [(r["operation"], r["image"]) for r in records] == [("start", ALT_IMAGE), ("stop", ALT_IMAGE)]
+
+
+def test_users_named_like_system_accounts_get_their_own(hub, lxd_client):
+    """"root", "daemon" and "operator" exist on the hub host and in the image: such a hub user
+    neither gets a system account's ids (root!) nor takes over the image's account of that name."""
+    users = ["root", "daemon", "operator"]
+    tokens = {u: hub.user_token(u) for u in users}
+    for u in users:
+        assert hub.start_server(u).status_code in (201, 202)
+    for u in users:
+        hub.wait_ready(u)
+    for u in users:
+        code = ("import os, pwd; print(os.getuid(), os.getgid(), pwd.getpwuid(os.getuid()).pw_name, "
+                f"pwd.getpwnam({u!r}).pw_uid if {u!r} != 'operator' else -1)")
+        uid, gid, login, image_account = hub.run_code(u, tokens[u], code).split()
+        assert (uid, gid) == ("1000", "1000"), (u, uid, gid)
+        assert login.startswith(u), (u, login)
+        if u != "operator":  # Debian has a group "operator", no such user
+            assert login != u and image_account != "1000", (u, login, image_account)  # the image's stays its own
+    for u in users:
+        stop(hub, u)
