@@ -983,6 +983,7 @@ class LxdSpawner(Spawner):
                   "kept": not self.remove, **({"reason": reason} if reason else {})}
         async with ws.lock():
             try:
+                await asyncio.to_thread(ws.state_resources)  # unreadable: touch nothing, say why
                 if self.remove:
                     await self._destroy(ws)
                 elif self.instance and await lxd.instance(self.endpoint, self.instance):

@@ -24,9 +24,18 @@ if mode == "fail":
 if mode == "slow":
     time.sleep(30)
 if mode == "busy":
-    open(os.environ["FAKE_MARK"], "a").write("+")
-    time.sleep(0.3)
-    open(os.environ["FAKE_MARK"], "a").write("-")
+    mark = os.environ["FAKE_MARK"]
+    open(mark, "a").write("+")
+    # Stay until as many runs as the limit are in (or 5 s passed), so "they overlapped" does not
+    # depend on how fast a loaded machine starts processes.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = open(mark).read()
+        if text.count("+") - text.count("-") >= int(os.environ["FAKE_WANT"]):
+            break
+        time.sleep(0.02)
+    time.sleep(0.2)
+    open(mark, "a").write("-")
 """
 
 
@@ -93,10 +102,10 @@ def test_concurrency_gate_caps_processes(tmp_path, fake, limit):
     with `gate=concurrency_gate(terraform_concurrency)`. More runs than the limit at once: at
     most `limit` processes run together, and with limit 2 two do (the gate is not one lock)."""
     mark = tmp_path / "mark"
-    runs = 3 * limit + 1
+    runs = 3 * limit
 
     async def one_run():
-        runner = TerraformRunner(fake, env={"FAKE_MODE": "busy", "FAKE_MARK": str(mark)},
+        runner = TerraformRunner(fake, env={"FAKE_MODE": "busy", "FAKE_MARK": str(mark), "FAKE_WANT": str(limit)},
                                  gate=concurrency_gate(limit))
         await runner.run("apply", cwd=tmp_path)
 
