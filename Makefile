@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CACHE := $(CURDIR)/.cache
 VENV := $(CURDIR)/.venv
 CHP := $(CACHE)/npm/node_modules/.bin/configurable-http-proxy
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 # Host ids the tests map 1:1 into containers (raw.idmap): see setup/lxd-up.sh.
 LXD_ALLOW_IDS ?= 2345
 
