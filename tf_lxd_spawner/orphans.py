@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import lxd
 from .terraform import TerraformRunner
-from .workspace import DESTROY_ENV, HUB_ID_FILE, StateUnreadable, Workspace, WorkspaceBusy
+from .workspace import DESTROY_ENV, StateUnreadable, Workspace, WorkspaceBusy, existing_hub_id
 
 DEFAULT_GRACE = 600.0
 
@@ -66,13 +66,6 @@ def _managed_instances(endpoint: lxd.Endpoint) -> list[dict]:
     return lxd._call(endpoint, fetch)
 
 
-def _read_hub_id(state_dir: Path) -> str:
-    try:
-        return (state_dir / HUB_ID_FILE).read_text().strip()
-    except FileNotFoundError:
-        return ""  # this state_dir never made an instance
-
-
 def _age(created_at: str, now: dt.datetime) -> float:
     """Seconds since LXD's created_at (RFC 3339, nanoseconds); 0 when it cannot be read, so an
     instance of unknown age counts as young."""
@@ -87,7 +80,7 @@ def _age(created_at: str, now: dt.datetime) -> float:
 
 async def scan(state_dir: str | Path, endpoint: lxd.Endpoint, grace: float = DEFAULT_GRACE) -> Report:
     state_dir = Path(os.path.abspath(state_dir))
-    ours = await asyncio.to_thread(_read_hub_id, state_dir)
+    ours = await asyncio.to_thread(existing_hub_id, state_dir)
     instances = await asyncio.to_thread(_managed_instances, endpoint)
     workspaces = await asyncio.to_thread(_workspaces, state_dir)
     report = Report()

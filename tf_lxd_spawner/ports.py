@@ -17,14 +17,12 @@ class NoFreePort(RuntimeError):
     """Every port in the configured range is taken."""
 
 
-def _is_local(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
 
-
-is_loopback = _is_local
 
 
 def resolve(host: str) -> str:
@@ -47,7 +45,7 @@ def is_this_host(address: str) -> bool:
     """Whether an address (or host name) belongs to this host: a loopback address, or one this
     process can bind to. A member at such an address shares the hub's network. Blocking."""
     address = resolve(address)
-    if _is_local(address):
+    if is_loopback(address):
         return True
     try:
         ipaddress.ip_address(address)
@@ -86,7 +84,7 @@ class PortAllocator:
         if preferred:
             with self._lock:
                 free = (address, int(preferred)) not in self._taken and (
-                    not _is_local(address) or _bindable(address, int(preferred)))
+                    not is_loopback(address) or _bindable(address, int(preferred)))
                 if free:
                     self._taken.add((address, int(preferred)))
                     return int(preferred)
@@ -95,7 +93,7 @@ class PortAllocator:
     def allocate(self, address: str, low: int, high: int) -> int:
         candidates = list(range(low, high + 1))
         random.shuffle(candidates)
-        check = _is_local(address)
+        check = is_loopback(address)
         with self._lock:
             for port in candidates:
                 if (address, port) in self._taken:

@@ -440,7 +440,7 @@ class LxdSpawner(Spawner):
         return {"name": name, "home": f"/home/{name}"}
 
     async def _module_inputs(self, target: str | None, listen_address: str, listen_port: int | None) -> dict:
-        uid, gid = self._ids = await self._uid_gid()
+        uid, gid = self._ids  # found (and checked) in _preflight
         hub_host, hub_port, _ = self._hub_address()
         hub_host = await asyncio.to_thread(_resolve, hub_host)  # a proxy device connects to an address
         inputs = {
@@ -482,7 +482,7 @@ class LxdSpawner(Spawner):
 
     async def _place(self) -> str | None:
         """The member to create the server on; None lets LXD choose (or standalone LXD)."""
-        members = await lxd.members(self.endpoint)
+        members = self._members  # listed by _preflight for this spawn
         if not members or self.placement == "lxd":
             return None
         if callable(self.placement):
@@ -591,7 +591,7 @@ class LxdSpawner(Spawner):
         if shutil.which(self.terraform_path) is None:
             raise SpawnError(f"terraform_path {self.terraform_path!r} was not found (is it installed and on PATH?)")
         await self._extra_inputs()  # refuses overrides of the spawner's own inputs
-        await self._uid_gid()  # refuses root
+        self._ids = await self._uid_gid()  # refuses root
         try:
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
                 raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")

@@ -71,15 +71,22 @@ def path_component(name: str) -> str:
     return escaped
 
 
+def existing_hub_id(state_dir: str | Path) -> str:
+    """The hub id of a state_dir, "" when it has none yet (it never made an instance)."""
+    try:
+        return (Path(state_dir) / HUB_ID_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def hub_id(state_dir: str | Path) -> str:
     """This hub's id, made once and kept in <state_dir>/.hub-id: written into every instance's
     labels, it tells this hub's instances from those of another hub that happens to use the
     same state_dir path on another host. Blocking: call it in a thread."""
     path = Path(state_dir) / HUB_ID_FILE
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
+    existing = existing_hub_id(state_dir)
+    if existing:
+        return existing
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     new = uuid.uuid4().hex
     try:
