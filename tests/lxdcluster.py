@@ -25,6 +25,24 @@ PROXY_ENV = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.
 TINY = "tiny"
 
 
+def bootstrap_preseed(address: str, cluster_name: str | None = None) -> str:
+    """The preseed of a standalone daemon, or of a cluster's first member (`cluster_name`): https
+    on `address`, no image refresh, a `dir` pool called `local` for the root disk, no network."""
+    cluster = f"cluster:\n  server_name: {cluster_name}\n  enabled: true\n" if cluster_name else ""
+    return f"""
+config:
+  core.https_address: {address}:8443
+  images.auto_update_interval: "0"
+{cluster}storage_pools:
+- name: local
+  driver: dir
+profiles:
+- name: default
+  devices:
+    root: {{path: /, pool: local, type: disk}}
+"""
+
+
 def join_preseed(name: str, address: str, token: str) -> str:
     """The preseed that joins a daemon to a cluster whose storage pool is called `local`."""
     return f"""
@@ -39,6 +57,18 @@ cluster:
     key: source
     value: ""
 """
+
+
+def form_cluster(members) -> None:
+    """Start the members' daemons: the first bootstraps a cluster, the others join it by token.
+    A member has name, address, start(), preseed(text) and lxc(*args)."""
+    first = members[0]
+    first.start()
+    first.preseed(bootstrap_preseed(first.address, first.name))
+    for m in members[1:]:
+        token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
+        m.start()
+        m.preseed(join_preseed(m.name, m.address, token))
 
 
 def make_client_cert(cert: Path, key: Path) -> None:
@@ -109,29 +139,9 @@ class LxdCluster:
         return self.first.dir / "cluster.crt"
 
     def up(self):
-        first = self.first
-        first.start()
-        first.preseed(f"""
-config:
-  core.https_address: {first.address}:8443
-  images.auto_update_interval: "0"
-cluster:
-  server_name: {first.name}
-  enabled: true
-storage_pools:
-- name: local
-  driver: dir
-profiles:
-- name: default
-  devices:
-    root: {{path: /, pool: local, type: disk}}
-""")
-        for m in self.members[1:]:
-            token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
-            m.start()
-            m.preseed(join_preseed(m.name, m.address, token))
+        form_cluster(self.members)
         make_client_cert(self.cert, self.key)
-        first.lxc("config", "trust", "add", str(self.cert))
+        self.first.lxc("config", "trust", "add", str(self.cert))
         return self
 
     def import_image_from_host(self, alias: str, workdir: Path):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pylxd
 from pylxd.client import get_session_for_url
 
-from lxdcluster import join_preseed, make_client_cert
+from lxdcluster import bootstrap_preseed, form_cluster, make_client_cert
 
 SUBNET = "10.213.0"  # the bridge is .1, member i is .(10+i)
 NO_PROXY = f"127.0.0.0/8,{SUBNET}.0/24"
@@ -197,20 +197,6 @@ class NetnsLxd:
             ip("-n", m.netns, "link", "set", "eth0", "up", check=True)
             ip("-n", m.netns, "link", "set", "lo", "up", check=True)
 
-    def _preseed(self, m: Member, cluster: str = "") -> str:
-        return f"""
-config:
-  core.https_address: {m.address}:8443
-  images.auto_update_interval: "0"
-{cluster}storage_pools:
-- name: local
-  driver: dir
-profiles:
-- name: default
-  devices:
-    root: {{path: /, pool: local, type: disk}}
-"""
-
     def up(self):
         """Network, daemons, client certificate. On failure, call down()."""
         self._make_network()
@@ -218,17 +204,11 @@ profiles:
         if not self.cluster:
             for m in self.members:
                 m.start()
-                m.preseed(self._preseed(m))
+                m.preseed(bootstrap_preseed(m.address))
                 m.lxc("config", "trust", "add", str(self.cert))
             return self
-        first = self.first
-        first.start()
-        first.preseed(self._preseed(first, f"cluster:\n  server_name: {first.name}\n  enabled: true\n"))
-        for m in self.members[1:]:
-            token = first.lxc("cluster", "add", m.name).strip().splitlines()[-1]
-            m.start()
-            m.preseed(join_preseed(m.name, m.address, token))
-        first.lxc("config", "trust", "add", str(self.cert))
+        form_cluster(self.members)
+        self.first.lxc("config", "trust", "add", str(self.cert))
         return self
 
     def import_image_from_host(self, alias: str, workdir: Path):
