@@ -10,24 +10,32 @@ LXD_ALLOW_IDS ?= 2345
 
 export CHECKPOINT_DISABLE := 1
 export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
-export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH)
+# The Go-built tools (tofu; terraform where the machine has none) come after the machine's own.
+export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH):$(CACHE)/bin
 
-.PHONY: setup debs lxd image provider test unit demo wheel fmt clean-state
+.PHONY: setup debs gotools lxd incus image provider test unit demo wheel fmt clean-state
 
-setup: debs lxd image provider $(VENV)/.installed $(CHP)
+setup: debs gotools lxd incus image provider $(VENV)/.installed $(CHP)
 	@echo "setup: done"
 
 debs:
 	@bash setup/debian-packages.sh
 
+gotools: debs
+	@bash setup/go-tools.sh $(CACHE)
+
 lxd: debs
 	@LXD_ALLOW_IDS="$(LXD_ALLOW_IDS)" bash setup/lxd-up.sh
 
-image: lxd
-	@bash image/build.sh
+# After lxd: Incus reads the subordinate id lines lxd-up.sh writes.
+incus: lxd
+	@bash setup/incus-up.sh
 
-provider: debs
-	@bash setup/provider-mirror.sh $(CACHE)
+image: lxd incus
+	@bash image/build.sh $(CACHE) lxc incus
+
+provider: gotools
+	@bash setup/provider-mirror.sh $(CACHE) terraform tofu
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

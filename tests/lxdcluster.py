@@ -1,9 +1,10 @@
-"""A real 3-member LXD cluster on this machine, for placement tests.
+"""A real LXD (or Incus) cluster on this machine, for placement tests.
 
-Three extra daemons, each with its own LXD_DIR, listen on 127.0.0.11-13:8443 in the host's
-network namespace; the first bootstraps the cluster by preseed, the others join with tokens.
-The machine's main LXD daemon is left alone. A tiny busybox image (no Jupyter in it) is built
-and imported for placement tests; the Jupyter image can be copied in when a test needs a server.
+Extra daemons, each with its own LXD_DIR (INCUS_DIR), listen on 127.0.0.11-13:8443 (Incus:
+127.0.0.21-23) in the host's network namespace; the first bootstraps the cluster by preseed,
+the others join with tokens. The machine's main daemons are left alone. A tiny busybox image
+(no Jupyter in it) is built and imported for placement tests; the Jupyter image can be copied
+in when a test needs a server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pylxd
@@ -23,6 +25,20 @@ from pylxd.client import get_session_for_url
 PROXY_ENV = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.0/8",
              "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "no_proxy": "127.0.0.0/8"}
 TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to run one daemon of a kind: its binary, client, directory variable and commands."""
+    cli: str
+    daemon: list
+    dir_env: str
+    admin: list  # the client's prefix for waitready, init and shutdown
+    first_address: int  # 127.0.0.<first_address + index>
+
+
+LXD = Kind("lxc", ["lxd"], "LXD_DIR", ["lxd"], 10)
+INCUS = Kind("incus", ["/usr/libexec/incus/incusd"], "INCUS_DIR", ["incus", "admin"], 20)
 
 
 def bootstrap_preseed(address: str, cluster_name: str | None = None) -> str:
@@ -79,31 +95,34 @@ def make_client_cert(cert: Path, key: Path) -> None:
 
 
 class Member:
-    def __init__(self, base: Path, index: int):
+    def __init__(self, base: Path, index: int, kind: Kind = LXD):
+        self.kind = kind
         self.name = f"m{index}"
-        self.address = f"127.0.0.{10 + index}"
+        self.address = f"127.0.0.{kind.first_address + index}"
         self.url = f"https://{self.address}:8443"
         self.dir = base / self.name
         self.proc: subprocess.Popen | None = None
 
     def env(self) -> dict:
-        return {**os.environ, **PROXY_ENV, "LXD_DIR": str(self.dir)}
+        return {**os.environ, **PROXY_ENV, self.kind.dir_env: str(self.dir)}
 
     def lxc(self, *args, input=None, check=True) -> str:
-        r = subprocess.run(["lxc", *args], env=self.env(), input=input, capture_output=True, text=True)
+        """The daemon's own client (`lxc` or `incus`) against this member."""
+        r = subprocess.run([self.kind.cli, *args], env=self.env(), input=input, capture_output=True, text=True)
         if check and r.returncode != 0:
-            raise RuntimeError(f"lxc {' '.join(args)} on {self.name}: {r.stderr.strip()}")
+            raise RuntimeError(f"{self.kind.cli} {' '.join(args)} on {self.name}: {r.stderr.strip()}")
         return r.stdout
 
     def start(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "daemon.log", "ab")
-        self.proc = subprocess.Popen(["lxd", "--group", "root", "--logfile", str(self.dir / "lxd.log")],
+        self.proc = subprocess.Popen([*self.kind.daemon, "--group", "root", "--logfile", str(self.dir / f"{Path(self.kind.daemon[0]).name}.log")],
                                      env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        subprocess.run(["lxd", "waitready", "--timeout=60"], env=self.env(), check=True)
+        subprocess.run([*self.kind.admin, "waitready", "--timeout=60"], env=self.env(), check=True)
 
     def preseed(self, text: str):
-        r = subprocess.run(["lxd", "init", "--preseed"], env=self.env(), input=text, text=True, capture_output=True)
+        r = subprocess.run([*self.kind.admin, "init", "--preseed"], env=self.env(), input=text, text=True,
+                           capture_output=True)
         if r.returncode != 0:
             raise RuntimeError(f"preseed of {self.name} failed: {r.stderr.strip()}")
 
@@ -115,7 +134,7 @@ class Member:
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
-            subprocess.run(["lxd", "shutdown", "--timeout=60"], env=self.env(), capture_output=True)
+            subprocess.run([*self.kind.admin, "shutdown", "--timeout=60"], env=self.env(), capture_output=True)
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -124,9 +143,10 @@ class Member:
 
 
 class LxdCluster:
-    def __init__(self, base: Path, size: int = 3):
+    def __init__(self, base: Path, size: int = 3, kind: Kind = LXD):
         self.base = base
-        self.members = [Member(base, i) for i in range(1, size + 1)]
+        self.kind = kind
+        self.members = [Member(base, i, kind) for i in range(1, size + 1)]
         self.cert = base / "client.crt"
         self.key = base / "client.key"
 
@@ -145,8 +165,8 @@ class LxdCluster:
         return self
 
     def import_image_from_host(self, alias: str, workdir: Path):
-        """Copy an image of the machine's main LXD daemon into the cluster (export + import)."""
-        subprocess.run(["lxc", "image", "export", alias, str(workdir / alias)], check=True, capture_output=True)
+        """Copy an image of the machine's main daemon of this kind into the cluster (export + import)."""
+        subprocess.run([self.kind.cli, "image", "export", alias, str(workdir / alias)], check=True, capture_output=True)
         (exported,) = workdir.glob(f"{alias}*")
         self.first.lxc("image", "import", str(exported), "--alias", alias)
         exported.unlink()

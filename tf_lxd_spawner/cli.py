@@ -14,11 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import lxd, orphans
-from .terraform import TerraformRunner
+from . import backends, lxd, orphans
+from .terraform import TerraformRunner, pick_binary
 from .workspace import StateUnreadable, Workspace
 
-SETTINGS = ("state_dir", "lxd_endpoint", "lxd_cert", "lxd_key", "lxd_verify", "terraform_path",
+SETTINGS = ("state_dir", "backend", "lxd_endpoint", "lxd_cert", "lxd_key", "lxd_verify", "terraform_path",
             "terraform_cli_config", "orphan_grace_period", "lxd_timeout")
 
 
@@ -34,8 +34,8 @@ def _hub_settings(path: str | None) -> dict:
 
 
 def _settings(args) -> dict:
-    settings = {"state_dir": "tf-lxd-spawner-state", "lxd_endpoint": "", "lxd_cert": "", "lxd_key": "",
-                "lxd_verify": True, "terraform_path": "terraform", "terraform_cli_config": "",
+    settings = {"state_dir": "tf-lxd-spawner-state", "backend": "lxd", "lxd_endpoint": "", "lxd_cert": "",
+                "lxd_key": "", "lxd_verify": True, "terraform_path": "", "terraform_cli_config": "",
                 "orphan_grace_period": orphans.DEFAULT_GRACE, "lxd_timeout": 60.0}
     settings.update(_hub_settings(args.config))
     for key in SETTINGS:
@@ -75,12 +75,13 @@ def cmd_audit(args, settings) -> int:
 
 
 def cmd_orphans(args, settings) -> int:
-    endpoint = lxd.Endpoint(url=settings["lxd_endpoint"] or None, cert=settings["lxd_cert"] or None,
+    backend = backends.BACKENDS[settings["backend"]]
+    endpoint = lxd.Endpoint(url=backends.endpoint_url(backend, settings["lxd_endpoint"]), cert=settings["lxd_cert"] or None,
                             key=settings["lxd_key"] or None, verify=settings["lxd_verify"],
                             timeout=float(settings["lxd_timeout"]))
     grace = float(settings["orphan_grace_period"])
     env = {"TF_CLI_CONFIG_FILE": settings["terraform_cli_config"]} if settings["terraform_cli_config"] else {}
-    runner = TerraformRunner(settings["terraform_path"], env=env)
+    runner = TerraformRunner(pick_binary(settings["terraform_path"]), env=env)
 
     async def go():
         report = await orphans.scan(settings["state_dir"], endpoint, grace)
@@ -111,6 +112,7 @@ def main(argv=None) -> int:
     orph = sub.add_parser("orphans", help="instances no workspace owns, workspaces whose instance is gone")
     orph.add_argument("--destroy", action="store_true", help="delete orphan instances, clear stale workspaces")
     orph.add_argument("--json", action="store_true", help="print the report as JSON")
+    orph.add_argument("--backend", choices=sorted(backends.BACKENDS), help="the daemon: lxd (default) or incus")
     for name in ("lxd-endpoint", "lxd-cert", "lxd-key", "lxd-verify", "terraform-path", "terraform-cli-config"):
         orph.add_argument(f"--{name}", dest=name.replace("-", "_"))
     orph.add_argument("--grace", dest="orphan_grace_period", type=float,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ class LxdUnavailable(RuntimeError):
 class Endpoint:
     """Where LXD is and how to trust it; hashable so clients can be shared per endpoint."""
 
-    url: str | None = None  # None: the local unix socket
+    url: str | None = None  # an https:// URL, a unix socket's path, or None: LXD's local socket
     cert: str | None = None
     key: str | None = None
     verify: str | bool = True
@@ -84,7 +85,11 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
     if client is not None:
         return client
     kwargs = {"timeout": endpoint.timeout}  # connecting (TLS handshake included) and each read
-    if endpoint.url:
+    if endpoint.url and endpoint.url.startswith("/"):
+        if not os.path.exists(endpoint.url):  # pylxd would take the path for a host name
+            raise LxdUnavailable(f"no daemon socket at {endpoint.url} (is the daemon running?)")
+        kwargs.update(endpoint=endpoint.url)
+    elif endpoint.url:
         cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
         session = get_session_for_url(endpoint.url, verify=endpoint.verify, cert=cert)
         # REQUESTS_CA_BUNDLE and friends would silently replace a pinned certificate.
@@ -285,6 +290,35 @@ def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) ->
 async def set_running(endpoint: Endpoint, name: str, running: bool, force: bool = False) -> None:
     """Start, or stop (cleanly, or forced) an existing instance."""
     await _run(endpoint, lambda c: _set_running(c, name, running, force))
+
+
+def _push_files(client: pylxd.Client, name: str, files: list[dict]) -> None:
+    files_api = client.instances.get(name).files
+    made = set()
+    for f in files:
+        path = f["target_path"]
+        parents = [p for p in path.split("/")[1:-1]]
+        for i in range(1, len(parents) + 1):  # the API writes no missing parent directory
+            d = "/" + "/".join(parents[:i])
+            if d not in made:
+                try:
+                    files_api.mk_dir(d, mode="0755")
+                except LXDAPIException:
+                    pass  # it exists (the API says so only by failing)
+                made.add(d)
+        if f.get("source"):
+            with open(f["source"], "rb") as src:
+                data = src.read()
+        else:
+            data = (f.get("content") or "").encode()
+        files_api.put(path, data, mode=f.get("mode") or "0644", uid=int(f.get("uid") or 0), gid=int(f.get("gid") or 0))
+
+
+async def push_files(endpoint: Endpoint, name: str, files: list[dict]) -> None:
+    """Write files (target_path, content or source, mode, uid, gid) into a stopped instance,
+    parent directories included: what the module's `files` output lists when the provider does
+    not write them itself (files_via_provider = false, Incus)."""
+    await _run(endpoint, lambda c: _push_files(c, name, files))
 
 
 def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, cwd: str, env: dict):

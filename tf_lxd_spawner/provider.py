@@ -1,8 +1,10 @@
 """Settings of the LXD provider block in the root main.tf.
 
-For the local unix socket there is little to say. For an https endpoint the provider (v1.5.0)
-reads its client certificate and the server certificates it trusts from a config directory:
-a private `<state_dir>/.lxd-provider/` is kept in step with the operator's files.
+A unix socket (LXD's or Incus's: the provider speaks to both) is named as the default remote.
+For an https endpoint the provider (v1.5.0) reads its client certificate and the server
+certificates it trusts from a config directory: a private
+`<state_dir>/.lxd-provider/<host>_<port>/` per endpoint is kept in step with the operator's
+files, so two endpoints in one state_dir never overwrite each other's certificates.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ def settings(refresh_interval: str, endpoint: str, cert: str, key: str, verify, 
               "accept_remote_certificate": False}
     if not endpoint:
         return result
+    if endpoint.startswith("/"):
+        result["remote"] = {"name": REMOTE, "scheme": "unix", "address": endpoint, "port": ""}
+        return result
     url = urlparse(endpoint)
-    config_dir = Path(os.path.abspath(state_dir)) / ".lxd-provider"
+    config_dir = Path(os.path.abspath(state_dir)) / ".lxd-provider" / f"{url.hostname}_{url.port or 8443}"
     if cert and key:
         _write_private_copy(cert, config_dir / "client.crt")
         _write_private_copy(key, config_dir / "client.key")

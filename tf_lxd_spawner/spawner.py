@@ -22,7 +22,7 @@ from markupsafe import escape
 from traitlets import Any, Bool, Callable, Dict, Enum, Float, Int, List, Tuple, Unicode, Union, default
 
 from . import inputs as config_inputs
-from . import lxd, naming, provider
+from . import backends, lxd, naming, provider
 from .environment import DEFAULT_ALLOWED, allowed
 from .inputs import ConfigError
 from .placement import least_loaded, reservations
@@ -30,7 +30,7 @@ from .ports import is_loopback as _is_loopback
 from .ports import is_this_host as _is_this_host
 from .ports import ports
 from .ports import resolve as _resolve
-from .terraform import TerraformError, TerraformRunner, concurrency_gate, planned_replacements
+from .terraform import TerraformError, TerraformRunner, concurrency_gate, pick_binary, planned_replacements
 from .workspace import (DESTROY_ENV, SECRET_INPUTS, StateUnreadable, Workspace, WorkspaceBusy, hub_id,
                         render_root, secret_env, workspace_path)
 
@@ -128,15 +128,19 @@ class LxdSpawner(Spawner):
 
     mount_idmap = Enum(
         ["raw.idmap", "shift", "none"],
-        "raw.idmap",
         help="""How ids in filesystems_to_mount match the host's for unprivileged containers, so a
         file the user writes belongs to the user's uid and gid (get_uid_gid) on the host:
-        "raw.idmap" maps that uid and gid 1:1 into the container (LXD must be allowed to: lines
-        `root:<uid>:1` in /etc/subuid and `root:<gid>:1` in /etc/subgid, then restart LXD);
-        "shift" uses idmapped mounts (disk shift=true; needs LXD and kernel support);
-        "none" leaves the container's own id map (host sees shifted ids). Not used for
-        privileged containers or without mounts.""",
+        "raw.idmap" maps that uid and gid 1:1 into the container (the daemon must be allowed to:
+        lines `root:<uid>:1` in /etc/subuid and `root:<gid>:1` in /etc/subgid, then restart it);
+        "shift" uses idmapped mounts (disk shift=true: works on Incus 6.0.1+, not on LXD 5.0.2
+        with kernels 6.9+); "none" leaves the container's own id map (host sees shifted ids).
+        Default: "shift" on Incus, "raw.idmap" on LXD. Not used for privileged containers or
+        without mounts.""",
     ).tag(config=True)
+
+    @default("mount_idmap")
+    def _default_mount_idmap(self):
+        return backends.BACKENDS[self.backend].mount_idmap
 
     commands_to_prepare = List(
         [],
@@ -170,8 +174,10 @@ class LxdSpawner(Spawner):
 
     # ---- Terraform ------------------------------------------------------------------------------
     terraform_path = Unicode(
-        "terraform",
-        help="The Terraform binary to run: `terraform`, `tofu`, or an absolute path to either.",
+        "",
+        help="""The binary that runs the module: `terraform`, `tofu`, or an absolute path to
+        either. Empty: `terraform` when it is on the hub's PATH, else `tofu` (the hub's log says
+        which, and every audit record names the binary and its version).""",
     ).tag(config=True)
 
     terraform_cli_config = Unicode(
@@ -235,9 +241,19 @@ class LxdSpawner(Spawner):
     ).tag(config=True)
 
     # ---- LXD ------------------------------------------------------------------------------------
+    backend = Enum(
+        ["lxd", "incus"],
+        "lxd",
+        help="""The daemon that runs the containers: "lxd" or "incus" (both speak the same API;
+        the spawner checks at each spawn that the daemon at lxd_endpoint is this one). It
+        decides the local socket used when lxd_endpoint is empty and the default mount_idmap.""",
+    ).tag(config=True)
+
     lxd_endpoint = Unicode(
         "",
-        help="LXD API endpoint: empty for the local unix socket, or an https:// URL of a remote server or cluster.",
+        help="""API endpoint of the LXD or Incus daemon: empty for the backend's local unix socket
+        (/var/lib/lxd/unix.socket or /var/lib/incus/unix.socket, or under LXD_DIR / INCUS_DIR),
+        the path of another unix socket, or an https:// URL of a remote server or cluster.""",
     ).tag(config=True)
 
     lxd_cert = Unicode("", help="Client certificate (PEM file) for an https lxd_endpoint.").tag(config=True)
@@ -329,9 +345,26 @@ class LxdSpawner(Spawner):
 
     # ---- helpers ----------------------------------------------------------------------------
     @property
+    def _backend(self) -> backends.Backend:
+        return backends.BACKENDS[self.backend]
+
+    @property
+    def _endpoint_url(self) -> str:
+        return backends.endpoint_url(self._backend, self.lxd_endpoint)
+
+    @property
+    def _remote_endpoint(self) -> bool:
+        """The daemon may be on another host (an https endpoint), not behind a local socket."""
+        return backends.is_remote(self.lxd_endpoint)
+
+    @property
+    def terraform_binary(self) -> str:
+        return pick_binary(self.terraform_path)
+
+    @property
     def endpoint(self) -> lxd.Endpoint:
         return lxd.Endpoint(
-            url=self.lxd_endpoint or None,
+            url=self._endpoint_url,
             cert=self.lxd_cert or None,
             key=self.lxd_key or None,
             verify=self.lxd_verify,
@@ -341,7 +374,7 @@ class LxdSpawner(Spawner):
     @property
     def runner(self) -> TerraformRunner:  # only inside the event loop: the gate belongs to it
         env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
-        return TerraformRunner(self.terraform_path, env=env, gate=concurrency_gate(self.terraform_concurrency),
+        return TerraformRunner(self.terraform_binary, env=env, gate=concurrency_gate(self.terraform_concurrency),
                                inherit=self.host_environment_allowlist)
 
     def _workspace(self) -> Workspace:
@@ -399,8 +432,8 @@ class LxdSpawner(Spawner):
             remote = [f"{m.name} ({m.address})" for m in candidates
                       if not await asyncio.to_thread(_is_this_host, m.address)]
         else:
-            address = urlparse(self.lxd_endpoint).hostname if self.lxd_endpoint else "127.0.0.1"
-            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the LXD server {address}"]
+            address = urlparse(self.lxd_endpoint).hostname if self._remote_endpoint else "127.0.0.1"
+            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the server {address}"]
         if remote:
             api = self.hub_connect_url or self.hub.api_url
             raise SpawnError(
@@ -429,7 +462,7 @@ class LxdSpawner(Spawner):
     def _instance_config(self, uid: int, gid: int) -> dict[str, str]:
         config = {}
         if self.filesystems_to_mount and self.mount_idmap == "raw.idmap" and not self.privileged_container:
-            if not self.lxd_endpoint:  # LXD on this host: check it is allowed, with a way out
+            if not self._remote_endpoint:  # the daemon is on this host: check it is allowed, with a way out
                 config_inputs.check_subid_allowed(uid, gid)
             config["raw.idmap"] = f"uid {uid} {uid}\ngid {gid} {gid}"
         return config
@@ -464,6 +497,8 @@ class LxdSpawner(Spawner):
             "labels": {"user": self.user.name, "server": self.name or "", "workspace": str(self._workspace().path),
                        "hub_id": self._hub_id},
         }
+        if not self._backend.provider_files:  # the LXD provider cannot write files into Incus instances
+            inputs["files_via_provider"] = False
         inputs.update(await self._extra_inputs())
         return inputs
 
@@ -580,7 +615,7 @@ class LxdSpawner(Spawner):
             self._post_cmds = config_inputs.command_lists(self.post_hub_commands, self._expand, "post_hub_commands")
         except ConfigError as e:
             raise SpawnError(str(e)) from None
-        if not self.lxd_endpoint and not self.create_mount_dirs:
+        if not self._remote_endpoint and not self.create_mount_dirs:
             for d in disks:
                 if not await asyncio.to_thread(os.path.isdir, d["source"]):
                     raise SpawnError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
@@ -588,13 +623,19 @@ class LxdSpawner(Spawner):
         source = self.module_source
         if source.startswith(("/", "./", "../")) and not await asyncio.to_thread(os.path.isdir, source):
             raise SpawnError(f"module_source {source!r} does not exist (or is not a directory)")
-        if shutil.which(self.terraform_path) is None:
-            raise SpawnError(f"terraform_path {self.terraform_path!r} was not found (is it installed and on PATH?)")
+        binary = self.terraform_binary
+        if shutil.which(binary) is None:
+            raise SpawnError(f"terraform_path {binary!r} was not found (is it installed and on PATH?)")
+        if not self.terraform_path and binary not in LxdSpawner._tool_versions:
+            self.log.info("terraform_path is not set: running %s (%s)", binary, shutil.which(binary))
         await self._extra_inputs()  # refuses overrides of the spawner's own inputs
         self._ids = await self._uid_gid()  # refuses root
         try:
+            wrong_daemon = backends.mismatch(self._backend, await self._server_info(), self.endpoint.where)
+            if wrong_daemon:
+                raise SpawnError(wrong_daemon)
             if not await lxd.image_exists(self.endpoint, self.chosen_image):
-                raise SpawnError(f"image {self.chosen_image!r} does not exist on the LXD server")
+                raise SpawnError(f"image {self.chosen_image!r} does not exist on the {self._backend.display} server")
             self._members = await lxd.members(self.endpoint)
         except lxd.LxdUnavailable as e:
             raise SpawnError(str(e)) from None
@@ -640,7 +681,7 @@ class LxdSpawner(Spawner):
             if name in by_name and by_name[name].address:
                 return _resolve(by_name[name].address)
             raise SpawnError(f"LXD reports no address for cluster member {name!r}")
-        if self.lxd_endpoint:
+        if self._remote_endpoint:
             return _resolve(urlparse(self.lxd_endpoint).hostname or "127.0.0.1")
         return "127.0.0.1"
 
@@ -678,7 +719,7 @@ class LxdSpawner(Spawner):
             secrets = secret_env("server_environment", self._container_env(api_inside))
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
             provider_settings = await asyncio.to_thread(
-                provider.settings, self.provider_refresh_interval, self.lxd_endpoint, self.lxd_cert,
+                provider.settings, self.provider_refresh_interval, self._endpoint_url, self.lxd_cert,
                 self.lxd_key, self.lxd_verify, self.state_dir)
             main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
             if await ws.prepare(main_tf, inputs):
@@ -701,10 +742,14 @@ class LxdSpawner(Spawner):
                     self.log.warning("Retrying apply of %s after a transient error: %s", self.instance, e)
                     self._emit(40, f"Retrying after a transient LXD error: {e}")
             ticker.cancel()
-            if resuming:  # a kept instance: apply refreshed its files, now start it again
-                self._emit(80, f"Starting kept instance {self.instance}")
-                await lxd.set_running(self.endpoint, self.instance, True)
             outputs = await self.runner.outputs(ws.path)
+            by_provider = inputs.get("files_via_provider", True)
+            if not by_provider:  # the module made the instance stopped: write its files, then start it
+                self._emit(75, f"Writing files into {self.instance}")
+                await lxd.push_files(self.endpoint, self.instance, outputs.get("files") or [])
+            if resuming or not by_provider:  # a kept instance: apply refreshed its files
+                self._emit(80, f"Starting {'kept ' if resuming else ''}instance {self.instance}")
+                await lxd.set_running(self.endpoint, self.instance, True)
             url = await self._connect_url(outputs)
             await self._run_prepare_commands()
             await self._run_post_hub_commands()
@@ -845,24 +890,36 @@ class LxdSpawner(Spawner):
             if lxd.made_for(info, ws.path, await self._ensure_hub_id()):
                 await lxd.delete_instance(self.endpoint, self.instance)
 
-    _tool_versions: dict | None = None
+    #: Per binary (resolved path): its version, probed once per hub process.
+    _tool_versions: dict = {}
+    _daemon: dict | None = None  # what the last GET /1.0 said: which daemon, which version
+
+    async def _server_info(self) -> dict:
+        info = await lxd.server_info(self.endpoint)
+        env = info.get("environment") or {}
+        self._daemon = {"backend": env.get("server") or "lxd", "version": env.get("server_version", ""),
+                        "endpoint": self.endpoint.where}
+        return info
 
     async def _versions(self, ws: Workspace) -> dict:
-        """Tool versions for an audit record. Never raises: a failing probe must not hide the
-        error of the operation being recorded (a failure is simply not cached)."""
+        """Which binary, provider and daemon ran, for an audit record. Never raises: a failing
+        probe must not hide the error of the operation being recorded (a failure is simply
+        not cached)."""
+        binary = shutil.which(self.terraform_binary) or self.terraform_binary
+        versions = {"terraform_binary": binary, "terraform_version": "", "providers": {}, "daemon": self._daemon}
         try:
-            if LxdSpawner._tool_versions is None:
+            if binary not in LxdSpawner._tool_versions:
                 info = await self.runner.version()
-                versions = {"terraform_version": info.get("terraform_version", "")}
-                if versions["terraform_version"]:
-                    LxdSpawner._tool_versions = versions
-            else:
-                versions = LxdSpawner._tool_versions
-            providers = await asyncio.to_thread(ws.provider_versions)
+                if info.get("terraform_version"):
+                    LxdSpawner._tool_versions[binary] = info["terraform_version"]
+            versions["terraform_version"] = LxdSpawner._tool_versions.get(binary, "")
+            versions["providers"] = await asyncio.to_thread(ws.provider_versions)
+            if self._daemon is None:
+                await self._server_info()
+                versions["daemon"] = self._daemon
         except Exception as e:
             self.log.warning("Could not read tool versions for the audit: %s", e)
-            return {"terraform_version": "", "providers": {}}
-        return {**versions, "providers": providers}
+        return versions
 
     async def progress(self):
         seen = 0

@@ -13,6 +13,7 @@ import asyncio
 import ctypes
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -102,6 +103,13 @@ def diagnostic_errors(events: list[Event]) -> list[str]:
             text = f"{text}: {diag['detail']}"
         errors.append(" ".join(text.split()))
     return errors
+
+
+def pick_binary(configured: str) -> str:
+    """The configured binary, or what is installed: `terraform` first, else `tofu`."""
+    if configured:
+        return configured
+    return "terraform" if shutil.which("terraform") or not shutil.which("tofu") else "tofu"
 
 
 class TerraformRunner:

@@ -20,7 +20,19 @@ locals {
       uid         = 0
       gid         = 0
     },
+    # The environment holds the hub API token: a file of its own, 0600, owned by root.
+    {
+      target_path = "${local.conf_dir}/env.json"
+      content     = jsonencode(var.server_environment)
+      source      = null
+      mode        = "0600"
+      uid         = 0
+      gid         = 0
+    },
   ]
+
+  # Every file the instance gets, in order: the operator's, then the server's own.
+  all_files = concat(var.files, local.server_files)
 
   proxy_devices = merge(
     var.connect_via == "proxy" ? {
@@ -79,7 +91,7 @@ resource "lxd_container" "notebook" {
   limits           = var.limits
   config           = local.config
   ephemeral        = false
-  start_container  = true
+  start_container  = var.files_via_provider
   wait_for_network = false
 
   dynamic "device" {
@@ -92,7 +104,7 @@ resource "lxd_container" "notebook" {
   }
 
   dynamic "file" {
-    for_each = concat(var.files, local.server_files)
+    for_each = var.files_via_provider ? local.all_files : []
     content {
       target_file        = file.value.target_path
       content            = file.value.content
@@ -102,16 +114,6 @@ resource "lxd_container" "notebook" {
       gid                = file.value.gid
       create_directories = true
     }
-  }
-
-  # The environment holds the hub API token: a file of its own, 0600, owned by root.
-  file {
-    target_file        = "${local.conf_dir}/env.json"
-    content            = jsonencode(var.server_environment)
-    mode               = "0600"
-    uid                = 0
-    gid                = 0
-    create_directories = true
   }
 
   lifecycle {

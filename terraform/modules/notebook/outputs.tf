@@ -18,6 +18,12 @@ output "connect_port" {
   value       = var.connect_via == "proxy" ? var.listen_port : var.server_port
 }
 
+output "files" {
+  description = "Every file the instance gets (target_path, content or source, mode, uid, gid): the operator's files, the server's launch file and its environment. With files_via_provider = false the caller writes them before it starts the instance. Sensitive: the environment holds the hub API token."
+  value       = local.all_files
+  sensitive   = true
+}
+
 output "status" {
   description = "Instance status reported by LXD after apply (\"Running\" when the start succeeded)."
   value       = lxd_container.notebook.status

@@ -179,6 +179,12 @@ variable "files" {
   }
 }
 
+variable "files_via_provider" {
+  description = "True: the provider writes every file (files, the server's launch file and environment) and starts the instance in the same apply. False: the instance is created stopped and the caller writes the files listed in the `files` output, then starts it. Needed on Incus with the LXD provider v1.5.0, whose file uploads use the /1.0/containers API that Incus removed (instance creation itself uses /1.0/instances and works)."
+  type        = bool
+  default     = true
+}
+
 variable "disks" {
   description = "Host directories mounted into the instance: name (device name), source (host path on the member), path (inside the instance), readonly, and shift (an idmapped mount, so ids inside an unprivileged instance are the same ids on the host)."
   type = list(object({

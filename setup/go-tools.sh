@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Build the Go tools the project needs from their Go modules, pinned, into the project's cache:
+#   <cache>/bin/tofu        OpenTofu (its go.mod replaces hcl/v2, so `go install mod@ver` is
+#                           refused: download the module and build inside it)
+#   <cache>/bin/terraform   only where the machine has no `terraform` on PATH
+# A binary is rebuilt only when its pinned version changes (a stamp file beside it); the Go
+# module and build caches live under <cache>/go so a second run is fast even after a bump.
+#   usage: go-tools.sh <cache-dir>
+set -euo pipefail
+cache=$(realpath -m "${1:?cache dir}")
+TOFU_VERSION=${TOFU_VERSION:-v1.10.10}
+TERRAFORM_VERSION=${TERRAFORM_VERSION:-v1.11.4}
+bin="$cache/bin"
+mkdir -p "$bin"
+export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly" CGO_ENABLED=0
+export GOTOOLCHAIN=local
+
+# build <module> <version> <package> <output>: the module's own go.mod and go.sum decide every
+# dependency, exactly as its release build does.
+build() {
+  local module=$1 version=$2 package=$3 out=$4
+  if [ -x "$out" ] && [ "$(cat "$out.version" 2>/dev/null)" = "$module@$version" ]; then
+    echo "go-tools: $(basename "$out") $version cached"
+    return
+  fi
+  local started=$SECONDS dir
+  dir=$(go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$dir" ] || { echo "go-tools: could not download $module@$version" >&2; exit 1; }
+  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out.tmp" "$package")
+  mv "$out.tmp" "$out"
+  echo "$module@$version" >"$out.version"
+  echo "go-tools: built $(basename "$out") $version in $((SECONDS - started)) s"
+}
+
+build github.com/opentofu/opentofu "$TOFU_VERSION" ./cmd/tofu "$bin/tofu"
+if ! command -v terraform >/dev/null 2>&1 || [ "$(command -v terraform)" = "$bin/terraform" ]; then
+  build github.com/hashicorp/terraform "$TERRAFORM_VERSION" . "$bin/terraform"
+fi
