@@ -15,24 +15,27 @@ mkdir -p "$bin"
 export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly" CGO_ENABLED=0
 export GOTOOLCHAIN=local
 
-# build <module> <version> <package> <output>: the module's own go.mod and go.sum decide every
-# dependency, exactly as its release build does.
+# build <module> <version> <package> <output> <version-package>: the module's own go.mod and
+# go.sum decide every dependency, and the flags are its release build's (without `dev=no` the
+# binary calls itself a -dev prerelease).
 build() {
   local module=$1 version=$2 package=$3 out=$4
-  if [ -x "$out" ] && [ "$(cat "$out.version" 2>/dev/null)" = "$module@$version" ]; then
+  local ldflags="-s -w -X '$module/$5.dev=no'"
+  local stamp="$module@$version $ldflags"
+  if [ -x "$out" ] && [ "$(cat "$out.version" 2>/dev/null)" = "$stamp" ]; then
     echo "go-tools: $(basename "$out") $version cached"
     return
   fi
   local started=$SECONDS dir
   dir=$(go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
   [ -d "$dir" ] || { echo "go-tools: could not download $module@$version" >&2; exit 1; }
-  (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$out.tmp" "$package")
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out.tmp" "$package")
   mv "$out.tmp" "$out"
-  echo "$module@$version" >"$out.version"
+  echo "$stamp" >"$out.version"
   echo "go-tools: built $(basename "$out") $version in $((SECONDS - started)) s"
 }
 
-build github.com/opentofu/opentofu "$TOFU_VERSION" ./cmd/tofu "$bin/tofu"
+build github.com/opentofu/opentofu "$TOFU_VERSION" ./cmd/tofu "$bin/tofu" version
 if ! command -v terraform >/dev/null 2>&1 || [ "$(command -v terraform)" = "$bin/terraform" ]; then
-  build github.com/hashicorp/terraform "$TERRAFORM_VERSION" . "$bin/terraform"
+  build github.com/hashicorp/terraform "$TERRAFORM_VERSION" . "$bin/terraform" version
 fi

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 import websocket
@@ -66,8 +67,9 @@ class Hub:
 
     # -- process --------------------------------------------------------------------------------
     def start(self):
-        env = dict(os.environ, CHECKPOINT_DISABLE="1", PATH=f"{CHP.parent}:{Path(self.python).parent}:{os.environ['PATH']}",
-                   **self.extra_env)
+        path = self.extra_env.get("PATH", os.environ["PATH"])  # a test's own PATH, with the hub's tools first
+        env = {**os.environ, **self.extra_env, "CHECKPOINT_DISABLE": "1",
+               "PATH": f"{CHP.parent}:{Path(self.python).parent}:{path}"}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [self.python, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
@@ -166,7 +168,8 @@ class Hub:
 
     # -- the user's server, through the proxy -----------------------------------------------------------
     def server_url(self, user: str, server: str = "") -> str:
-        return f"{self.url}/user/{user}/{server + '/' if server else ''}"
+        # The proxy routes on the name as JupyterHub escapes it (user.escaped_name).
+        return f"{self.url}/user/{quote(user, safe='@~')}/{server + '/' if server else ''}"
 
     def run_code(self, user: str, token: str, code: str, server: str = "", timeout: float = 60) -> str:
         """Start a kernel, execute `code` over the kernel's websocket, return its stdout."""

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.e2e
 
 COMBINATIONS = [(binary, daemon) for binary in ("terraform", "tofu") for daemon in ("lxd", "incus")]
 DAEMON_VERSION = {"lxd": r"5\.0\.\d+", "incus": r"6\.0\.\d+"}
-# Quotes, HCL interpolation and template syntax, non-ASCII: all must stay data on the way.
-USER = 'zoë"${{file("/etc/passwd")}}-{binary}-{daemon}'
+# A quote, HCL interpolation, a backslash escape and non-ASCII: all must stay data on the way.
+USER = 'zoë"${{path.module}}\\n-{binary}-{daemon}'
 
 
 def binary_version(binary: str) -> str:
