@@ -9,7 +9,7 @@
 set -euo pipefail
 cache=$(realpath -m "${1:?cache dir}")
 TOFU_VERSION=${TOFU_VERSION:-v1.10.10}
-TERRAFORM_VERSION=${TERRAFORM_VERSION:-v1.11.4}
+TERRAFORM_VERSION=${TERRAFORM_VERSION:-v1.8.5}  # newer go.mods replace nested modules (not in the module zip) or name a godebug Go 1.26 dropped
 bin="$cache/bin"
 mkdir -p "$bin"
 export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOFLAGS="-mod=readonly" CGO_ENABLED=0

@@ -35,10 +35,12 @@ class Kind:
     dir_env: str
     admin: list  # the client's prefix for waitready, init and shutdown
     first_address: int  # 127.0.0.<first_address + index>
+    trust_certificate: list  # the client's words for trusting a client certificate file
 
 
-LXD = Kind("lxc", ["lxd"], "LXD_DIR", ["lxd"], 10)
-INCUS = Kind("incus", ["/usr/libexec/incus/incusd"], "INCUS_DIR", ["incus", "admin"], 20)
+LXD = Kind("lxc", ["lxd"], "LXD_DIR", ["lxd"], 10, ["config", "trust", "add"])
+INCUS = Kind("incus", ["/usr/libexec/incus/incusd"], "INCUS_DIR", ["incus", "admin"], 20,
+             ["config", "trust", "add-certificate"])
 
 
 def bootstrap_preseed(address: str, cluster_name: str | None = None) -> str:
@@ -161,7 +163,7 @@ class LxdCluster:
     def up(self):
         form_cluster(self.members)
         make_client_cert(self.cert, self.key)
-        self.first.lxc("config", "trust", "add", str(self.cert))
+        self.first.lxc(*self.kind.trust_certificate, str(self.cert))
         return self
 
     def import_image_from_host(self, alias: str, workdir: Path):
@@ -198,15 +200,18 @@ class LxdCluster:
             tar.add(rootfs, "rootfs")
         self.first.lxc("image", "import", str(tarball), "--alias", TINY)
 
+    def _session(self):
+        s = get_session_for_url(self.first.url, verify=str(self.server_cert), cert=(str(self.cert), str(self.key)))
+        s.trust_env = False  # this machine's REQUESTS_CA_BUNDLE would replace the pinned cert
+        return s
+
     def client(self) -> pylxd.Client:
         return pylxd.Client(endpoint=self.first.url, cert=(str(self.cert), str(self.key)),
-                            verify=str(self.server_cert))
+                            verify=str(self.server_cert), session=self._session())
 
     def api(self, method: str, path: str, **kw) -> dict:
         """Raw REST call to the first member, pinned to the cluster certificate."""
-        s = get_session_for_url(self.first.url, verify=str(self.server_cert), cert=(str(self.cert), str(self.key)))
-        s.trust_env = False  # this machine's REQUESTS_CA_BUNDLE would replace the pinned cert
-        r = s.request(method, f"{self.first.url}{path}", timeout=60, **kw)
+        r = self._session().request(method, f"{self.first.url}{path}", timeout=60, **kw)
         r.raise_for_status()
         return r.json()
 

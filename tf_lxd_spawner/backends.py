@@ -49,8 +49,8 @@ def endpoint_url(backend: Backend, endpoint: str) -> str:
 def mismatch(backend: Backend, server_info: dict, where: str) -> str | None:
     """The operator's words when the daemon at the endpoint is not the configured backend."""
     env = server_info.get("environment") or {}
-    server = env.get("server") or "lxd"  # LXD before 4.x did not say
-    if server == backend.name:
+    server = env.get("server")
+    if not server or server == backend.name:  # not said to an untrusted client: later calls fail clearly
         return None
     other = BACKENDS.get(server)
     found = f"{other.display if other else server} {env.get('server_version', '')}".strip()

@@ -1,6 +1,6 @@
 """A real 2-member Incus cluster on this machine (lxdcluster.py with Incus daemons on
 127.0.0.21-22), reached over https with a pinned certificate, through a real JupyterHub:
-least-loaded placement puts one server on each member, each runs code in its kernel there."""
+least-loaded placement puts one server on each member (two spawns at once), each runs code in its kernel there."""
 
 import json
 import tempfile
@@ -44,8 +44,9 @@ def hub(tmp_path_factory, cluster):
 def test_two_servers_land_on_both_members_and_run_code(hub, cluster):
     users = ["ana", "ben"]
     tokens = {u: hub.user_token(u) for u in users}
-    for u in users:  # one after the other: the second sees the first on its member
+    for u in users:  # at once: the first spawn's reservation steers the second to the other member
         assert hub.start_server(u).status_code in (201, 202)
+    for u in users:
         hub.wait_ready(u)
     members = {}
     for u in users:
