@@ -13,10 +13,15 @@ export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
 # The Go-built tools (tofu; terraform where the machine has none) come after the machine's own.
 export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH):$(CACHE)/bin
 
-.PHONY: setup debs gotools lxd incus image provider test unit demo wheel fmt clean-state
+.PHONY: setup setup-steps debs gotools lxd incus image provider test unit demo wheel fmt clean-state
 
-setup: debs gotools lxd incus image provider $(VENV)/.installed $(CHP)
+# Independent steps run side by side (the Go builds are CPU-bound, the image build mostly waits
+# on downloads); each step's output is printed in one piece.
+setup:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target setup-steps
 	@echo "setup: done"
+
+setup-steps: debs gotools lxd incus image provider $(VENV)/.installed $(CHP)
 
 debs:
 	@bash setup/debian-packages.sh
@@ -37,12 +42,12 @@ image: lxd incus
 provider: gotools
 	@bash setup/provider-mirror.sh $(CACHE) terraform tofu
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | debs
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-$(CHP):
+$(CHP): | debs
 	npm install --no-audit --no-fund --silent --prefix $(CACHE)/npm configurable-http-proxy@5
 
 test: setup

@@ -208,9 +208,9 @@ def test_spawn_slower_than_start_timeout_is_undone(hub, lxd_client):
     assert_no_stale_locks(workspace(hub, "slow"))
 
 
-def test_fifty_cycles_leave_nothing_behind(hub, lxd_client):
+def test_thirty_cycles_leave_nothing_behind(hub, lxd_client):
     users = [f"cycle{i}" for i in range(5)]
-    rounds = 10
+    rounds = 6
     errors = []
 
     def cycle(user):
