@@ -96,6 +96,17 @@ class Hub:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+        self._end_orphaned_proxy()
+
+    def _end_orphaned_proxy(self):
+        """A hub that died without cleaning up leaves its proxy running: end it, by its pid file."""
+        pid_file = self.workdir / "proxy.pid"
+        try:
+            pid = int(pid_file.read_text())
+            if "configurable-http-proxy" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
 
     def kill(self):
         """SIGKILL the hub process alone (a crash): its children get no chance to clean up."""
@@ -213,6 +224,18 @@ class Hub:
 def shut_down(hub: "Hub", lxd_client) -> None:
     """Module teardown: stop every server through the hub, stop the hub, then delete whatever
     instance this hub made that is still there (so a failed test leaves nothing behind)."""
+    try:
+        _stop_servers(hub)
+    finally:
+        hub.stop()
+    for inst in lxd_client.instances.all():
+        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
+            if inst.status != "Stopped":
+                inst.stop(force=True, wait=True)
+            inst.delete(wait=True)
+
+
+def _stop_servers(hub: "Hub") -> None:
     if hub.proc is None:
         hub.start()
     users = hub.api("GET", "/users").json()
@@ -225,12 +248,6 @@ def shut_down(hub: "Hub", lxd_client) -> None:
                 hub.wait_stopped(u["name"], server)
             except AssertionError:
                 pass
-    hub.stop()
-    for inst in lxd_client.instances.all():
-        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
-            if inst.status != "Stopped":
-                inst.stop(force=True, wait=True)
-            inst.delete(wait=True)
 
 
 class ExecWatcher:

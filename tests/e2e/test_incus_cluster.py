@@ -38,7 +38,11 @@ def hub(tmp_path_factory, cluster):
         c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
     """).start()
     yield hub
-    shut_down(hub, cluster.client())
+    try:
+        client = cluster.client()
+    finally:  # even when the cluster no longer answers, the hub and its proxy end here
+        hub.stop()
+    shut_down(hub, client)
 
 
 def test_two_servers_land_on_both_members_and_run_code(hub, cluster):

@@ -62,8 +62,14 @@ def hubs(tmp_path_factory, lxd_client, incus_client):
             made[(binary, daemon)] = hub.start()
         yield made
     finally:
-        for (binary, daemon), hub in made.items():
-            shut_down(hub, incus_client if daemon == "incus" else lxd_client)
+        failures = []
+        for (binary, daemon), hub in made.items():  # every hub ends, even when one teardown fails
+            try:
+                shut_down(hub, incus_client if daemon == "incus" else lxd_client)
+            except Exception as e:
+                failures.append(e)
+        if failures:
+            raise failures[0]
 
 
 def spawn_run_stop(hub: Hub, client, binary: str, daemon: str) -> dict:
