@@ -38,6 +38,12 @@ c.LxdSpawner.image = "jupyter-notebook"
 c.LxdSpawner.terraform_cli_config = os.path.join(cache, "terraform", "cli.tfrc")
 c.LxdSpawner.state_dir = os.path.join(demo, "state")
 
+# The daemon and the binary: LXD and the machine's `terraform` by default. `make demo` also runs
+# Incus and builds OpenTofu (.cache/bin/tofu, on the PATH make gives the hub); choose, e.g.
+#   DEMO_BACKEND=incus DEMO_TERRAFORM=tofu make demo
+c.LxdSpawner.backend = os.environ.get("DEMO_BACKEND", "lxd")
+c.LxdSpawner.terraform_path = os.environ.get("DEMO_TERRAFORM", "")
+
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 90

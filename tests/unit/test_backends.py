@@ -77,3 +77,10 @@ def test_provider_block_per_endpoint(tmp_path):
         dirs.add(https["config_dir"])
         assert os.stat(os.path.join(https["config_dir"], "client.key")).st_mode & 0o077 == 0
     assert len(dirs) == 2, "two endpoints in one state_dir must not share certificates"
+
+
+def test_missing_socket_is_named():
+    from tf_lxd_spawner import lxd
+
+    with pytest.raises(lxd.LxdUnavailable, match=r"no daemon socket at /nonexistent/unix.socket \(is the daemon running\?\)"):
+        lxd._connect(lxd.Endpoint(url="/nonexistent/unix.socket"))
