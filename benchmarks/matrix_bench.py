@@ -20,18 +20,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hubtools import Hub  # noqa: E402
+from spawn_bench import spawn_ready  # noqa: E402
 
 COMBINATIONS = [(binary, daemon) for binary in ("terraform", "tofu") for daemon in ("lxd", "incus")]
 CLI = {"lxd": "lxc", "incus": "incus"}
 ROOTFS = {"lxd": "/var/lib/lxd/containers/{}/rootfs", "incus": "/var/lib/incus/containers/{}/rootfs"}
-
-
-def spawn_ready(hub: Hub, user: str) -> float:
-    t0 = time.monotonic()
-    r = hub.start_server(user)
-    assert r.status_code in (201, 202), r.text
-    hub.wait_ready(user)
-    return time.monotonic() - t0
 
 
 def stop(hub: Hub, user: str) -> float:

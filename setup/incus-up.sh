@@ -17,19 +17,5 @@ if ! incus info >/dev/null 2>&1; then
   incus admin waitready --timeout=60
 fi
 
-incus config set images.auto_update_interval 0
-
-if ! incus storage show default >/dev/null 2>&1; then
-  driver=dir
-  if command -v mkfs.btrfs >/dev/null && grep -qw btrfs /proc/filesystems; then driver=btrfs; fi
-  if [ "$driver" = btrfs ]; then
-    incus storage create default btrfs size=40GiB || { driver=dir; incus storage create default dir; }
-  else
-    incus storage create default dir
-  fi
-  echo "incus-up: created storage pool 'default' ($driver)"
-fi
-if ! incus profile device get default root pool >/dev/null 2>&1; then
-  incus profile device add default root disk path=/ pool=default
-fi
+bash "$(dirname "$0")/default-pool.sh" incus
 echo "incus-up: Incus $(incus version 2>/dev/null | awk '/Server version/ {print $3}') ready ($(incus storage list -f csv | cut -d, -f1,2 | tr '\n' ' '))"

@@ -37,20 +37,5 @@ if ! lxc info >/dev/null 2>&1; then
   lxd waitready --timeout=60
 fi
 
-lxc config set images.auto_update_interval 0
-
-if ! lxc storage show default >/dev/null 2>&1; then
-  driver=dir
-  if command -v mkfs.btrfs >/dev/null && grep -qw btrfs /proc/filesystems; then driver=btrfs; fi
-  if [ "$driver" = btrfs ]; then
-    lxc storage create default btrfs size=40GiB || { driver=dir; lxc storage create default dir; }
-  else
-    lxc storage create default dir
-  fi
-  echo "lxd-up: created storage pool 'default' ($driver)"
-fi
-
-if ! lxc profile device get default root pool >/dev/null 2>&1; then
-  lxc profile device add default root disk path=/ pool=default
-fi
+bash "$(dirname "$0")/default-pool.sh" lxc
 echo "lxd-up: LXD $(lxd --version) ready, pool $(lxc storage get default source 2>/dev/null || true) ($(lxc storage list -f csv | cut -d, -f1,2 | tr '\n' ' '))"
