@@ -18,11 +18,14 @@ recipe_hash=$(cd "$here" && sha256sum build.sh requirements.txt jupyterhub-singl
   jupyterhub-singleuser-launch | sha256sum | cut -c1-16)
 tarball="$cache/image/$alias-$recipe_hash.tar"
 
+up_to_date() {
+  [ "$("$1" image show "$alias" 2>/dev/null | sed -n 's/^ *recipe_hash: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' || true)" = "$recipe_hash" ]
+}
+
 # import_into <cli>: the daemon gets the cached tarball unless its image is of this recipe.
 import_into() {
-  local cli=$1 current
-  current=$("$cli" image show "$alias" 2>/dev/null | sed -n 's/^ *recipe_hash: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' || true)
-  if [ "$current" = "$recipe_hash" ]; then
+  local cli=$1
+  if up_to_date "$cli"; then
     echo "image: '$alias' in $cli is up to date (recipe $recipe_hash)"
     return
   fi
@@ -31,7 +34,9 @@ import_into() {
   echo "image: '$alias' imported into $cli (recipe $recipe_hash)"
 }
 
-if [ -s "$tarball" ]; then
+stale=()
+for cli in "${clis[@]}"; do up_to_date "$cli" || stale+=("$cli"); done
+if [ ${#stale[@]} -eq 0 ] || [ -s "$tarball" ]; then  # nothing to build
   for cli in "${clis[@]}"; do import_into "$cli"; done
   exit 0
 fi
