@@ -45,10 +45,13 @@ class Endpoint:
     key: str | None = None
     verify: str | bool = True
     timeout: float = 60.0  # seconds any one request may take (operation waits included)
+    daemon: str = "LXD"  # what the operator calls it, in messages ("LXD" or "Incus")
 
     @property
     def where(self) -> str:
-        return self.url or "the local unix socket"
+        if not self.url:
+            return "the local unix socket"
+        return f"the local unix socket {self.url}" if self.url.startswith("/") else self.url
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
     kwargs = {"timeout": endpoint.timeout}  # connecting (TLS handshake included) and each read
     if endpoint.url and endpoint.url.startswith("/"):
         if not os.path.exists(endpoint.url):  # pylxd would take the path for a host name
-            raise LxdUnavailable(f"no daemon socket at {endpoint.url} (is the daemon running?)")
+            raise LxdUnavailable(f"{endpoint.daemon} is not reachable at {endpoint.where}: "
+                                 "it does not exist (is the daemon running?)")
         kwargs.update(endpoint=endpoint.url)
     elif endpoint.url:
         cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
@@ -98,9 +102,9 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
     try:
         client = pylxd.Client(**kwargs)
     except requests.Timeout as e:
-        raise LxdUnavailable(f"LXD at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
+        raise LxdUnavailable(f"{endpoint.daemon} at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
     except (ClientConnectionFailed, requests.RequestException, OSError) as e:
-        raise LxdUnavailable(f"LXD is not reachable at {endpoint.where}: {e}") from e
+        raise LxdUnavailable(f"{endpoint.daemon} is not reachable at {endpoint.where}: {e}") from e
     with _clients_lock:
         return _clients.setdefault(endpoint, client)
 
@@ -119,11 +123,11 @@ def _call(endpoint: Endpoint, fn):
             return fn(_connect(endpoint))
         except requests.Timeout as e:  # no second try: that would only double the wait
             forget(endpoint)
-            raise LxdUnavailable(f"LXD at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
+            raise LxdUnavailable(f"{endpoint.daemon} at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
         except (ClientConnectionFailed, requests.ConnectionError, ConnectionError) as e:
             forget(endpoint)
             if attempt == 2:
-                raise LxdUnavailable(f"LXD is not reachable at {endpoint.where}: {e}") from e
+                raise LxdUnavailable(f"{endpoint.daemon} is not reachable at {endpoint.where}: {e}") from e
 
 
 def _pool(endpoint: Endpoint) -> ThreadPoolExecutor:

@@ -369,6 +369,7 @@ class LxdSpawner(Spawner):
             key=self.lxd_key or None,
             verify=self.lxd_verify,
             timeout=self.lxd_timeout,
+            daemon=self._backend.display,
         )
 
     @property

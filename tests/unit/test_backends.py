@@ -82,5 +82,6 @@ def test_provider_block_per_endpoint(tmp_path):
 def test_missing_socket_is_named():
     from tf_lxd_spawner import lxd
 
-    with pytest.raises(lxd.LxdUnavailable, match=r"no daemon socket at /nonexistent/unix.socket \(is the daemon running\?\)"):
-        lxd._connect(lxd.Endpoint(url="/nonexistent/unix.socket"))
+    with pytest.raises(lxd.LxdUnavailable, match=r"Incus is not reachable at the local unix socket /nonexistent/unix.socket: "
+                       r"it does not exist \(is the daemon running\?\)"):
+        lxd._connect(lxd.Endpoint(url="/nonexistent/unix.socket", daemon="Incus"))
