@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -434,7 +435,7 @@ class LxdSpawner(Spawner):
                       if not await asyncio.to_thread(_is_this_host, m.address)]
         else:
             address = urlparse(self.lxd_endpoint).hostname if self._remote_endpoint else "127.0.0.1"
-            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the server {address}"]
+            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the {self._backend.display} server {address}"]
         if remote:
             api = self.hub_connect_url or self.hub.api_url
             raise SpawnError(
@@ -717,7 +718,8 @@ class LxdSpawner(Spawner):
         ticker = None
         try:
             self.listen_address, self.listen_port = await self._listen_on(ws, resuming)
-            secrets = secret_env("server_environment", self._container_env(api_inside))
+            environment = self._container_env(api_inside)
+            secrets = secret_env("server_environment", environment)
             inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
             provider_settings = await asyncio.to_thread(
                 provider.settings, self.provider_refresh_interval, self._endpoint_url, self.lxd_cert,
@@ -747,7 +749,8 @@ class LxdSpawner(Spawner):
             by_provider = inputs.get("files_via_provider", True)
             if not by_provider:  # the module made the instance stopped: write its files, then start it
                 self._emit(75, f"Writing files into {self.instance}")
-                await lxd.push_files(self.endpoint, self.instance, outputs.get("files") or [])
+                env_file = {**outputs["environment_file"], "content": json.dumps(environment)}
+                await lxd.push_files(self.endpoint, self.instance, [*(outputs.get("files") or []), env_file])
             if resuming or not by_provider:  # a kept instance: apply refreshed its files
                 self._emit(80, f"Starting {'kept ' if resuming else ''}instance {self.instance}")
                 await lxd.set_running(self.endpoint, self.instance, True)

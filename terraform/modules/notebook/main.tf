@@ -11,28 +11,28 @@ locals {
     cmd  = var.server_cmd
   }
 
-  server_files = [
-    {
-      target_path = "${local.conf_dir}/spawn.json"
-      content     = jsonencode(local.spawn)
-      source      = null
-      mode        = "0600"
-      uid         = 0
-      gid         = 0
-    },
-    # The environment holds the hub API token: a file of its own, 0600, owned by root.
-    {
-      target_path = "${local.conf_dir}/env.json"
-      content     = jsonencode(var.server_environment)
-      source      = null
-      mode        = "0600"
-      uid         = 0
-      gid         = 0
-    },
-  ]
+  spawn_file = {
+    target_path = "${local.conf_dir}/spawn.json"
+    content     = jsonencode(local.spawn)
+    source      = null
+    mode        = "0600"
+    uid         = 0
+    gid         = 0
+  }
+
+  # The environment holds the hub API token: a file of its own, 0600, owned by root.
+  environment_file = {
+    target_path = "${local.conf_dir}/env.json"
+    mode        = "0600"
+    uid         = 0
+    gid         = 0
+  }
 
   # Every file the instance gets, in order: the operator's, then the server's own.
-  all_files = concat(var.files, local.server_files)
+  all_files = concat(var.files, [
+    local.spawn_file,
+    merge(local.environment_file, { content = jsonencode(var.server_environment), source = null }),
+  ])
 
   proxy_devices = merge(
     var.connect_via == "proxy" ? {

@@ -19,9 +19,13 @@ output "connect_port" {
 }
 
 output "files" {
-  description = "Every file the instance gets (target_path, content or source, mode, uid, gid): the operator's files, the server's launch file and its environment. With files_via_provider = false the caller writes them before it starts the instance. Sensitive: the environment holds the hub API token."
-  value       = local.all_files
-  sensitive   = true
+  description = "The files the instance gets besides its environment (target_path, content or source, mode, uid, gid): the operator's files and the server's launch file. With files_via_provider = false the caller writes them before it starts the instance."
+  value       = concat(var.files, [local.spawn_file])
+}
+
+output "environment_file" {
+  description = "Where the server's environment goes (target_path, mode, uid, gid): with files_via_provider = false the caller writes server_environment there as a JSON object. The content is not an output: it holds the hub API token."
+  value       = local.environment_file
 }
 
 output "status" {
