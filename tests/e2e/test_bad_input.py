@@ -64,10 +64,12 @@ def test_module_source_missing(tmp_path, lxd_client):
 
 
 def test_backend_that_is_not_the_daemon_at_the_endpoint(tmp_path, lxd_client):
-    refused(tmp_path, lxd_client, r"backend is 'lxd' but the daemon at /var/lib/incus/unix.socket is Incus 6\.0\.\d+: "
-            r"set c.LxdSpawner.backend = 'incus'", backend="lxd", lxd_endpoint="/var/lib/incus/unix.socket")
-    refused(tmp_path, lxd_client, r"backend is 'incus' but the daemon at /var/lib/lxd/unix.socket is LXD 5\.0\.\d+: "
-            r"set c.LxdSpawner.backend = 'lxd'", backend="incus", lxd_endpoint="/var/lib/lxd/unix.socket")
+    refused(tmp_path, lxd_client, r"backend is 'lxd' but the daemon at the local unix socket "
+            r"/var/lib/incus/unix.socket is Incus 6\.0\.\d+: set c.LxdSpawner.backend = 'incus'",
+            backend="lxd", lxd_endpoint="/var/lib/incus/unix.socket")
+    refused(tmp_path, lxd_client, r"backend is 'incus' but the daemon at the local unix socket "
+            r"/var/lib/lxd/unix.socket is LXD 5\.0\.\d+: set c.LxdSpawner.backend = 'lxd'",
+            backend="incus", lxd_endpoint="/var/lib/lxd/unix.socket")
 
 
 def test_terraform_path_missing(tmp_path, lxd_client):
