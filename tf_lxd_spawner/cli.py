@@ -76,8 +76,9 @@ def cmd_audit(args, settings) -> int:
 
 def cmd_orphans(args, settings) -> int:
     backend = backends.BACKENDS[settings["backend"]]
-    endpoint = lxd.Endpoint(url=backends.endpoint_url(backend, settings["lxd_endpoint"]), cert=settings["lxd_cert"] or None,
-                            key=settings["lxd_key"] or None, verify=settings["lxd_verify"],
+    endpoint = lxd.Endpoint(url=backends.endpoint_url(backend, settings["lxd_endpoint"]),
+                            cert=settings["lxd_cert"] or None, key=settings["lxd_key"] or None,
+                            verify=settings["lxd_verify"],
                             timeout=float(settings["lxd_timeout"]), daemon=backend.display)
     grace = float(settings["orphan_grace_period"])
     env = {"TF_CLI_CONFIG_FILE": settings["terraform_cli_config"]} if settings["terraform_cli_config"] else {}

@@ -301,7 +301,7 @@ def _push_files(client: pylxd.Client, name: str, files: list[dict]) -> None:
     made = set()
     for f in files:
         path = f["target_path"]
-        parents = [p for p in path.split("/")[1:-1]]
+        parents = path.split("/")[1:-1]
         for i in range(1, len(parents) + 1):  # the API writes no missing parent directory
             d = "/" + "/".join(parents[:i])
             if d not in made:

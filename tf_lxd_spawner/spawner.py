@@ -435,7 +435,8 @@ class LxdSpawner(Spawner):
                       if not await asyncio.to_thread(_is_this_host, m.address)]
         else:
             address = urlparse(self.lxd_endpoint).hostname if self._remote_endpoint else "127.0.0.1"
-            remote = [] if await asyncio.to_thread(_is_this_host, address) else [f"the {self._backend.display} server {address}"]
+            here = await asyncio.to_thread(_is_this_host, address)
+            remote = [] if here else [f"the {self._backend.display} server {address}"]
         if remote:
             api = self.hub_connect_url or self.hub.api_url
             raise SpawnError(
@@ -628,7 +629,7 @@ class LxdSpawner(Spawner):
         binary = self.terraform_binary
         if shutil.which(binary) is None:
             raise SpawnError(f"terraform_path {binary!r} was not found (is it installed and on PATH?)")
-        if not self.terraform_path and binary not in LxdSpawner._tool_versions:
+        if not self.terraform_path and shutil.which(binary) not in LxdSpawner._tool_versions:  # once per hub
             self.log.info("terraform_path is not set: running %s (%s)", binary, shutil.which(binary))
         await self._extra_inputs()  # refuses overrides of the spawner's own inputs
         self._ids = await self._uid_gid()  # refuses root
