@@ -358,9 +358,22 @@ class LxdSpawner(Spawner):
         """The daemon may be on another host (an https endpoint), not behind a local socket."""
         return backends.is_remote(self.lxd_endpoint)
 
+    #: What an unset terraform_path picked: chosen (and logged) once per hub process, not
+    #: looked up on PATH again for every Terraform run.
+    _picked_binary: str | None = None
+
     @property
     def terraform_binary(self) -> str:
-        return pick_binary(self.terraform_path)
+        if self.terraform_path:
+            return self.terraform_path
+        if LxdSpawner._picked_binary is None:
+            binary = pick_binary("")
+            found = shutil.which(binary)
+            if found is None:  # neither installed: preflight says so; look again next time
+                return binary
+            self.log.info("terraform_path is not set: running %s (%s)", binary, found)
+            LxdSpawner._picked_binary = binary
+        return LxdSpawner._picked_binary
 
     @property
     def endpoint(self) -> lxd.Endpoint:
@@ -629,8 +642,6 @@ class LxdSpawner(Spawner):
         binary = self.terraform_binary
         if shutil.which(binary) is None:
             raise SpawnError(f"terraform_path {binary!r} was not found (is it installed and on PATH?)")
-        if not self.terraform_path and shutil.which(binary) not in LxdSpawner._tool_versions:  # once per hub
-            self.log.info("terraform_path is not set: running %s (%s)", binary, shutil.which(binary))
         await self._extra_inputs()  # refuses overrides of the spawner's own inputs
         self._ids = await self._uid_gid()  # refuses root
         try:
@@ -902,7 +913,8 @@ class LxdSpawner(Spawner):
     async def _server_info(self) -> dict:
         info = await lxd.server_info(self.endpoint)
         env = info.get("environment") or {}
-        self._daemon = {"backend": env.get("server") or "lxd", "version": env.get("server_version", ""),
+        # A daemon says what it is only to a trusted client: otherwise record what is configured.
+        self._daemon = {"backend": env.get("server") or self.backend, "version": env.get("server_version", ""),
                         "endpoint": self.endpoint.where}
         return info
 
