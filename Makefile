@@ -1,5 +1,6 @@
 # make test: all set-up on a fresh machine (idempotent, cached steps skipped), then the tests.
 # make demo: the same set-up, then JupyterHub with this spawner on http://127.0.0.1:8000.
+# make performance: the same set-up, then benchmarks/side_by_side.py regenerates docs/performance.md.
 SHELL := /bin/bash
 CACHE := $(CURDIR)/.cache
 VENV := $(CURDIR)/.venv
@@ -13,7 +14,7 @@ export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
 # The Go-built tools (tofu; terraform where the machine has none) come after the machine's own.
 export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH):$(CACHE)/bin
 
-.PHONY: setup setup-steps debs gotools lxd incus image provider test unit demo wheel fmt clean-state
+.PHONY: setup setup-steps debs gotools lxd incus image provider test unit demo wheel fmt clean-state performance
 
 # Independent steps run side by side (the Go builds are CPU-bound, the image build mostly waits
 # on downloads); each step's output is printed in one piece.
@@ -55,6 +56,12 @@ test: setup
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+# tf-lxd-spawner beside a direct-API baseline through real hubs (about half an hour, nothing else
+# may spawn meanwhile): regenerates docs/performance.md, its figures and raw numbers.
+performance: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(VENV)/bin/python benchmarks/side_by_side.py --write-docs
 
 demo: setup
 	cd examples && $(VENV)/bin/jupyterhub -f jupyterhub_config.py

@@ -23,8 +23,10 @@ CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
 
 
 class Hub:
-    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None, python: str = sys.executable):
+    def __init__(self, workdir: Path, extra_config: str = "", env: dict | None = None, python: str = sys.executable,
+                 debug: bool = True):
         self.workdir = workdir
+        self.debug = debug  # --debug logs every request: tests want it, benchmarks run as operators do
         self.extra_env = dict(env or {})
         self.python = python
         self.port = free_port()
@@ -72,7 +74,8 @@ class Hub:
                "PATH": f"{CHP.parent}:{Path(self.python).parent}:{path}"}
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [self.python, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"), "--debug"],
+            [self.python, "-m", "jupyterhub", "-f", str(self.workdir / "jupyterhub_config.py"),
+             *(["--debug"] if self.debug else [])],
             cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60

@@ -14,7 +14,9 @@ def make_spawner(state_dir, username, servername="", **traits):
     user = SimpleNamespace(name=username, url=f"/user/{username}/", escaped_name=username, state=None)
     hub = SimpleNamespace(api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="",
                           url="http://127.0.0.1:8081/hub/")
+    # No hub answers the server here: start() returns when the container runs, not when it answers.
     settings = dict(state_dir=str(state_dir), terraform_cli_config=str(CACHE / "terraform" / "cli.tfrc"),
+                    wait_for_server=False,
                     api_token=os.urandom(16).hex(), oauth_client_id=f"jupyterhub-user-{username}")
     settings.update(traits)
     orm_spawner = SimpleNamespace(name=servername, server=None, state=None)

@@ -1,10 +1,11 @@
-"""pylxd access: cluster members, instance counts, instance status and the server unit.
+"""pylxd access: cluster members, instance counts, instance status, files and commands.
 
 pylxd is blocking, so every call here runs in a thread of a small pool of its own per endpoint
 (never the event loop's default pool, which Terraform log following and workspace file work
 share): a hung LXD then blocks at most that pool, and every request has a timeout, so a daemon
 that accepts connections and never answers costs a spawn an error, not the hub its threads.
-Clients are shared per endpoint so a poll costs one or two HTTP requests, not a new connection.
+Clients are shared per endpoint so a request needs no new connection, and polls read one shared
+status snapshot of all instances (`instance_status`) instead of asking about each server.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import requests
 from pylxd.client import get_session_for_url
 from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
 
-SERVER_UNIT = "jupyterhub-singleuser.service"
 MANAGED_KEY = "user.tf-lxd-spawner.managed"
 WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 HUB_ID_KEY = "user.tf-lxd-spawner.hub_id"
@@ -78,6 +78,21 @@ def made_for(info: "InstanceInfo | None", workspace: str, hub_id: str) -> bool:
 
 
 _clients: dict[Endpoint, pylxd.Client] = {}
+_requests = 0  # HTTP requests sent to any daemon by this process: what a poll round costs
+_requests_lock = threading.Lock()
+
+
+def request_count() -> int:
+    """How many HTTP requests this process has sent to LXD or Incus daemons so far."""
+    return _requests
+
+
+def _count_request(response=None, *args, **kwargs):
+    global _requests
+    with _requests_lock:
+        _requests += 1
+    return response
+
 _pools: dict[Endpoint, ThreadPoolExecutor] = {}
 _clients_lock = threading.Lock()  # guards the dicts only, never held while connecting
 
@@ -101,6 +116,8 @@ def _connect(endpoint: Endpoint) -> pylxd.Client:
         kwargs.update(endpoint=endpoint.url, cert=cert, session=session)
     try:
         client = pylxd.Client(**kwargs)
+        _count_request()  # the client's own GET /1.0, sent before a hook could be attached
+        client.api.session.hooks["response"].append(_count_request)
     except requests.Timeout as e:
         raise LxdUnavailable(f"{endpoint.daemon} at {endpoint.where} did not answer within {endpoint.timeout:g} s") from e
     except (ClientConnectionFailed, requests.RequestException, OSError) as e:
@@ -157,14 +174,34 @@ def _members(client: pylxd.Client) -> list[Member]:
     return members
 
 
-def _instance_counts(client: pylxd.Client, managed_only: bool) -> Counter:
+def _all_instances(client: pylxd.Client) -> dict[str, InstanceInfo]:
     raw = client.api.instances.get(params={"recursion": 1}).json().get("metadata") or []
-    counts: Counter = Counter()
-    for inst in raw:
-        if managed_only and (inst.get("config") or {}).get(MANAGED_KEY) != "true":
-            continue
-        counts[inst.get("location") or ""] += 1
-    return counts
+    return {i["name"]: InstanceInfo(i["name"], i.get("status", ""), i.get("location") or "", i.get("config") or {},
+                                    i.get("created_at") or "") for i in raw}
+
+
+def _instance_counts(client: pylxd.Client, managed_only: bool) -> Counter:
+    return Counter(i.location for i in _all_instances(client).values()
+                   if not managed_only or i.config.get(MANAGED_KEY) == "true")
+
+
+#: Per endpoint: when the last status snapshot was asked for, and its (possibly pending) answer.
+_snapshots: dict[Endpoint, tuple[float, asyncio.Future]] = {}
+
+
+async def instance_status(endpoint: Endpoint, name: str, max_age: float) -> InstanceInfo | None:
+    """The instance as a recent listing of all instances saw it (None: not in it). Every spawner
+    of the hub shares one listing per endpoint, at most `max_age` seconds old (one in flight is
+    joined), so a poll round of many servers costs one request instead of one per server. Only
+    for status that may be slightly old: confirm with `instance` before acting on it."""
+    now = time.monotonic()
+    taken, answer = _snapshots.get(endpoint, (0.0, None))
+    stale = (answer is None or answer.get_loop() is not asyncio.get_running_loop()
+             or answer.done() and (now - taken > max_age or answer.exception() is not None))
+    if stale:
+        answer = asyncio.ensure_future(_run(endpoint, _all_instances))
+        _snapshots[endpoint] = (now, answer)
+    return (await asyncio.shield(answer)).get(name)
 
 
 def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
@@ -180,46 +217,6 @@ def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
                         data.get("created_at") or "")
 
 
-#: `systemctl is-active` prints the unit's state; the shell turns it into an exit code that
-#: tells "running" (0) and "certainly not running" (3) from everything else.
-_UNIT_STATE_SCRIPT = ('case "$(systemctl is-active "$1")" in active|reloading) exit 0;; '
-                      'inactive|failed) exit 3;; *) exit 4;; esac')
-
-
-def _unit_active(client: pylxd.Client, name: str, unit: str, timeout: float) -> bool | None:
-    """Whether the server unit runs: True, False (systemd says inactive or failed), or None when
-    it cannot be told (the exec failed, hung, or was refused: a process limit reached, an
-    overloaded member). An LXD exec without websockets: two requests."""
-    body = {
-        "command": ["sh", "-c", _UNIT_STATE_SCRIPT, "sh", unit],
-        "wait-for-websocket": False,
-        "interactive": False,
-        "record-output": False,
-        "environment": {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-    }
-    try:
-        op = client.api.instances[name].exec.post(json=body).json()
-    except LXDAPIException:
-        return None
-    op_id = op["metadata"]["id"]
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None  # still running: an exec that hangs says nothing about the server
-        try:
-            result = client.api.operations[op_id].wait.get(params={"timeout": max(1, int(left))}).json()["metadata"]
-        except LXDAPIException:
-            return None
-        if result.get("status") != "Running":
-            break
-        time.sleep(0.05)  # a forwarded wait (cluster) can answer before the command ends
-    if result.get("status") != "Success":
-        return None
-    rc = (result.get("metadata") or {}).get("return")
-    return {0: True, 3: False}.get(rc)
-
-
 async def members(endpoint: Endpoint) -> list[Member]:
     """Cluster members with their status; [] for a standalone server."""
     return await _run(endpoint, _members)
@@ -233,11 +230,6 @@ async def instance_counts(endpoint: Endpoint, managed_only: bool = False) -> Cou
 async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
     """The instance's status and location, or None when it does not exist."""
     return await _run(endpoint, lambda c: _instance(c, name))
-
-
-async def unit_active(endpoint: Endpoint, name: str, unit: str = SERVER_UNIT, timeout: float = 10) -> bool | None:
-    """True: the unit runs; False: systemd says it is inactive or failed; None: cannot tell."""
-    return await _run(endpoint, lambda c: _unit_active(c, name, unit, timeout))
 
 
 async def server_info(endpoint: Endpoint) -> dict:
@@ -289,6 +281,24 @@ def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) ->
         inst.start(wait=True)
     elif not running and inst.status != "Stopped":
         inst.stop(wait=True, timeout=30, force=force)
+
+
+def _shut_down(client: pylxd.Client, name: str, grace: float) -> None:
+    inst = client.instances.get(name)
+    if inst.status == "Stopped":
+        return
+    if grace > 0:
+        try:
+            inst.stop(wait=True, timeout=max(1, round(grace)), force=False)
+            return
+        except LXDAPIException:
+            pass  # not down within the grace period: force it
+    inst.stop(wait=True, force=True)
+
+
+async def shut_down(endpoint: Endpoint, name: str, grace: float) -> None:
+    """Stop an instance: cleanly within `grace` seconds, else (or with grace 0) forced."""
+    await _run(endpoint, lambda c: _shut_down(c, name, grace))
 
 
 async def set_running(endpoint: Endpoint, name: str, running: bool, force: bool = False) -> None:

@@ -7,6 +7,7 @@ member choice in `placement`, names in `naming`, host ports in `ports`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -19,6 +20,7 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from markupsafe import escape
 from traitlets import Any, Bool, Callable, Dict, Enum, Float, Int, List, Tuple, Unicode, Union, default
 
@@ -31,6 +33,7 @@ from .ports import is_loopback as _is_loopback
 from .ports import is_this_host as _is_this_host
 from .ports import ports
 from .ports import resolve as _resolve
+from .stages import Stages
 from .terraform import TerraformError, TerraformRunner, concurrency_gate, pick_binary, planned_replacements
 from .workspace import (DESTROY_ENV, SECRET_INPUTS, StateUnreadable, Workspace, WorkspaceBusy, hub_id,
                         render_root, secret_env, workspace_path)
@@ -166,6 +169,14 @@ class LxdSpawner(Spawner):
         server: an image not listed is refused and nothing is created. Empty: always `image`.""",
     ).tag(config=True)
 
+    stop_grace_period = Float(
+        0.0,
+        help="""Seconds a stopping server's container gets to shut down cleanly (systemd stops
+        the server, which ends its kernels) before it is forced off. 0 forces it off at once,
+        as a pulled plug: about 0.5 s faster per stop; notebooks are saved by JupyterLab as the
+        user works, so only what runs in kernels is cut short, as it is by any stop.""",
+    ).tag(config=True)
+
     remove = Bool(
         True,
         help="""Delete the container when the server stops (terraform destroy). False: stop and
@@ -221,6 +232,13 @@ class LxdSpawner(Spawner):
         spawns and stops wait their turn.""",
     ).tag(config=True)
 
+    terraform_niceness = Int(
+        10,
+        help="""Added to the scheduling niceness of every terraform process (and its provider,
+        which inherits it), 0-19: many spawns at once then cannot starve the hub's event loop of
+        CPU, so the hub keeps answering its users. 0 runs Terraform at the hub's priority.""",
+    ).tag(config=True)
+
     provider_refresh_interval = Unicode(
         "250ms",
         help="""The LXD provider's polling interval while an instance changes state. The
@@ -233,6 +251,15 @@ class LxdSpawner(Spawner):
         Terraform, its providers and post_hub_commands; nothing else of the hub's environment
         (CONFIGPROXY_AUTH_TOKEN, JUPYTERHUB_CRYPT_KEY, credentials set for the hub) reaches
         them. Add a name here when your provider or command needs it.""",
+    ).tag(config=True)
+
+    wait_for_server = Bool(
+        True,
+        help="""start() returns once the server answers HTTP (tried every 50 ms, for up to
+        http_timeout seconds; no answer by then fails the spawn and removes the container).
+        The hub's own check, which waits longer and longer between tries (up to seconds), then
+        finds it up at once. False: return when the container runs and leave waiting to the
+        hub (for images whose server is not reachable from the hub's host).""",
     ).tag(config=True)
 
     apply_attempts = Int(
@@ -272,6 +299,14 @@ class LxdSpawner(Spawner):
         help="""Seconds any one LXD API request may take (waits for LXD operations included).
         A daemon that accepts connections and never answers then fails the spawn with a clear
         error instead of holding the hub's threads.""",
+    ).tag(config=True)
+
+    status_max_age = Float(
+        2.0,
+        help="""Seconds a listing of all instances' status may be reused by poll(): every server's
+        poll within that time shares one LXD request (a poll round of 200 servers costs one),
+        and a server found stopped is confirmed with a request of its own before it is ended.
+        0 asks anew for every poll.""",
     ).tag(config=True)
 
     orphan_grace_period = Float(
@@ -390,7 +425,7 @@ class LxdSpawner(Spawner):
     def runner(self) -> TerraformRunner:  # only inside the event loop: the gate belongs to it
         env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
         return TerraformRunner(self.terraform_binary, env=env, gate=concurrency_gate(self.terraform_concurrency),
-                               inherit=self.host_environment_allowlist)
+                               inherit=self.host_environment_allowlist, niceness=self.terraform_niceness)
 
     def _workspace(self) -> Workspace:
         if self.workspace:
@@ -662,28 +697,32 @@ class LxdSpawner(Spawner):
         return self._hub_id
 
     async def _start(self) -> str:
-        began = time.monotonic()
+        stages = Stages()
         kept = self.instance
         self.instance = self.instance or self._instance_name()
         self._emit(2, f"Checking the request for {self.instance}")
         try:
-            await self._preflight()
+            with stages.timed("preflight"):
+                await self._preflight()
         except BaseException:
             self.instance = kept  # refused before anything was made: nothing to poll or stop
             raise
         ws = self._workspace()
         self.workspace = str(ws.path)
         self._emit(5, f"Preparing workspace for {self.instance}")
-        async with ws.lock():
+        async with contextlib.AsyncExitStack() as held:
+            with stages.timed("lock"):  # another start or stop of this server may hold it
+                await held.enter_async_context(ws.lock())
             try:  # an unreadable state may hold a kept instance: decide nothing, touch nothing
                 resuming = bool(await asyncio.to_thread(ws.state_resources))
             except StateUnreadable as e:
                 raise SpawnError(f"cannot start {self.instance}: {e}") from None
-            async with reservations.decide:  # choose and reserve as one step
-                self._target = await self._place()
-                reservations.reserve(self._target)
+            with stages.timed("placement"):
+                async with reservations.decide:  # choose and reserve as one step
+                    self._target = await self._place()
+                    reservations.reserve(self._target)
             try:
-                return await self._create(ws, began, resuming)
+                return await self._create(ws, stages, resuming)
             finally:
                 reservations.release(self._target)
 
@@ -721,7 +760,7 @@ class LxdSpawner(Spawner):
         host = f"[{address}]" if ":" in address else address
         return f"http://{host}:{outputs['connect_port']}"
 
-    async def _create(self, ws: Workspace, began: float, resuming: bool) -> str:
+    async def _create(self, ws: Workspace, stages: Stages, resuming: bool) -> str:
         self.listen_address, self.listen_port = "127.0.0.1", None
         self.ip, self.port = "127.0.0.1", self.server_port  # where the server binds, inside
         _, _, api_inside = self._hub_address()
@@ -729,62 +768,102 @@ class LxdSpawner(Spawner):
                   "instance": self.instance, "image": self.chosen_image}
         ticker = None
         try:
-            self.listen_address, self.listen_port = await self._listen_on(ws, resuming)
-            environment = self._container_env(api_inside)
-            secrets = secret_env("server_environment", environment)
-            inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
-            provider_settings = await asyncio.to_thread(
-                provider.settings, self.provider_refresh_interval, self._endpoint_url, self.lxd_cert,
-                self.lxd_key, self.lxd_verify, self.state_dir)
-            main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
-            if await ws.prepare(main_tf, inputs):
+            with stages.timed("render"):
+                self.listen_address, self.listen_port = await self._listen_on(ws, resuming)
+                environment = self._container_env(api_inside)
+                secrets = secret_env("server_environment", environment)
+                inputs = await self._module_inputs(self._target, self.listen_address, self.listen_port)
+                provider_settings = await asyncio.to_thread(
+                    provider.settings, self.provider_refresh_interval, self._endpoint_url, self.lxd_cert,
+                    self.lxd_key, self.lxd_verify, self.state_dir)
+                main_tf = render_root(self.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
+                needs_init = await ws.prepare(main_tf, inputs)
+            if needs_init:
                 self._emit(10, "Initialising Terraform")
-                await self._terraform(ws, "init")
-                await ws.mark_initialised(main_tf)
-            if not resuming:
-                await self._remove_stray_instance(ws)
-            elif not self.remove:
-                await self._refuse_replacing_kept_instance(ws, secrets)
+                with stages.timed("init"):
+                    await self._terraform(ws, "init")
+                    await ws.mark_initialised(main_tf)
+            with stages.timed("check"):
+                if not resuming:
+                    await self._remove_stray_instance(ws)
+                elif not self.remove:
+                    await self._refuse_replacing_kept_instance(ws, secrets)
             self._emit(30, f"Applying the notebook module for {self.instance}")
             ticker = asyncio.ensure_future(self._tick_while_creating())
-            for attempt in range(1, self.apply_attempts + 1):
-                try:
-                    await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
-                    break
-                except TerraformError as e:
-                    if attempt == self.apply_attempts or not e.transient:
-                        raise
-                    self.log.warning("Retrying apply of %s after a transient error: %s", self.instance, e)
-                    self._emit(40, f"Retrying after a transient LXD error: {e}")
-            ticker.cancel()
-            outputs = await self.runner.outputs(ws.path)
+            with stages.timed("apply"):
+                await self._apply(ws, secrets)
+                ticker.cancel()
+                outputs = await asyncio.to_thread(ws.state_outputs)
             by_provider = inputs.get("files_via_provider", True)
             if not by_provider:  # the module made the instance stopped: write its files, then start it
                 self._emit(75, f"Writing files into {self.instance}")
                 env_file = {**outputs["environment_file"], "content": json.dumps(environment)}
-                await lxd.push_files(self.endpoint, self.instance, [*(outputs.get("files") or []), env_file])
+                with stages.timed("files"):
+                    await lxd.push_files(self.endpoint, self.instance, [*(outputs.get("files") or []), env_file])
             if resuming or not by_provider:  # a kept instance: apply refreshed its files
                 self._emit(80, f"Starting {'kept ' if resuming else ''}instance {self.instance}")
-                await lxd.set_running(self.endpoint, self.instance, True)
+                with stages.timed("start"):
+                    await lxd.set_running(self.endpoint, self.instance, True)
             url = await self._connect_url(outputs)
-            await self._run_prepare_commands()
-            await self._run_post_hub_commands()
+            with stages.timed("commands"):
+                await self._run_prepare_commands()
+                await self._run_post_hub_commands()
+            if self.wait_for_server:
+                self._emit(88, f"Waiting for the server at {url}")
+                with stages.timed("server"):
+                    await self._wait_for_server(url)
         except BaseException as e:
             if ticker:
                 ticker.cancel()
             reason = "cancelled (timeout or stop)" if isinstance(e, asyncio.CancelledError) else str(e)
             keep = resuming and not self.remove  # a kept instance holds the user's files
-            await asyncio.shield(self._clean_failed_start(ws, record, began, reason or type(e).__name__, keep))
+            await asyncio.shield(self._clean_failed_start(ws, record, stages, reason or type(e).__name__, keep))
             if not isinstance(e, Exception) or isinstance(e, (TerraformError, SpawnError)):
                 raise  # BaseException (KeyboardInterrupt, CancelledError...) stays what it is
             raise SpawnError(f"starting {self.instance} failed: {e}") from e
         self.member = outputs.get("location") or self._target or ""
         self.url = url
         await ws.audit({**record, "member": self.member, "outcome": "ok", "url": self.url,
-                        "resumed": resuming, "duration": round(time.monotonic() - began, 3),
-                        **await self._versions(ws)})
-        self._emit(90, f"Waiting for the server at {self.url}")
+                        "resumed": resuming, **stages.record(), **await self._versions(ws)})
+        self._emit(90, f"Server at {self.url} {'answers' if self.wait_for_server else 'is starting'}")
         return self.url
+
+    async def _apply(self, ws: Workspace, secrets: dict) -> None:
+        for attempt in range(1, self.apply_attempts + 1):
+            try:
+                await self._terraform(ws, "apply", env=secrets, on_event=self._on_terraform_event)
+                return
+            except TerraformError as e:
+                if attempt == self.apply_attempts or not e.transient:
+                    raise
+                self.log.warning("Retrying apply of %s after a transient error: %s", self.instance, e)
+                self._emit(40, f"Retrying after a transient LXD error: {e}")
+
+    async def _wait_for_server(self, url: str) -> None:
+        """Return as soon as the server answers HTTP (any answer, as the hub's own check takes
+        it), trying every 50 ms: the hub's check backs off to seconds between tries, so
+        returning earlier and letting it find the server up at once saves up to seconds."""
+        target = url + (self.server.base_url if self.server is not None else "/")
+        client = AsyncHTTPClient(force_instance=True)
+        deadline = time.monotonic() + self.http_timeout
+        try:
+            while True:
+                try:
+                    await client.fetch(target, raise_error=False, follow_redirects=False,
+                                       connect_timeout=2, request_timeout=5)
+                    return  # any HTTP answer
+                except HTTPClientError as e:  # 599: no HTTP answer (the proxy device closed it)
+                    if e.code != 599:
+                        return
+                except OSError:  # refused: the proxy device is not listening yet
+                    pass
+                if time.monotonic() > deadline:
+                    raise SpawnError(f"the server of {self.instance} did not answer at {url} within "
+                                     f"{self.http_timeout:g} s (c.Spawner.http_timeout); its log is in the "
+                                     "container's journal (journalctl -u jupyterhub-singleuser)")
+                await asyncio.sleep(0.05)
+        finally:
+            client.close()
 
     async def _refuse_replacing_kept_instance(self, ws: Workspace, secrets: dict) -> None:
         """A kept instance holds the user's files: resuming must update it, never replace it
@@ -838,10 +917,10 @@ class LxdSpawner(Spawner):
                 raise SpawnError(f"post_hub_commands[{i}] exited {proc.returncode}; "
                                  "the hub's log has its output")
 
-    async def _terraform(self, ws: Workspace, command: str, **kwargs) -> None:
+    async def _terraform(self, ws: Workspace, command: str, *args: str, **kwargs) -> None:
         """Run one terraform command in the workspace, logging its events; then re-seal modes."""
         try:
-            await self.runner.run(command, cwd=ws.path, log_path=ws.run_log(command), **kwargs)
+            await self.runner.run(command, *args, cwd=ws.path, log_path=ws.run_log(command), **kwargs)
         finally:
             await ws.seal()
 
@@ -853,7 +932,7 @@ class LxdSpawner(Spawner):
             self.log.warning("Removing stray instance %s left by an interrupted run", self.instance)
             await lxd.delete_instance(self.endpoint, self.instance)
 
-    async def _clean_failed_start(self, ws: Workspace, record: dict, began: float, reason: str,
+    async def _clean_failed_start(self, ws: Workspace, record: dict, stages: Stages, reason: str,
                                   keep: bool = False) -> None:
         """Destroy whatever a failed start made, so no container or port is left behind; a kept
         instance (remove = False) that failed to resume is stopped, not destroyed. When the
@@ -862,11 +941,12 @@ class LxdSpawner(Spawner):
         self.log.error("Start of %s failed: %s", self.instance, reason)
         cleanup = {"cleanup": "kept instance stopped" if keep else "destroyed"}
         try:
-            if keep:
-                if await lxd.instance(self.endpoint, self.instance):
-                    await lxd.set_running(self.endpoint, self.instance, False)
-            else:
-                await self._destroy(ws)
+            with stages.timed("cleanup"):  # its shutdown and destroy are timed within
+                if keep:
+                    if await lxd.instance(self.endpoint, self.instance):
+                        await lxd.set_running(self.endpoint, self.instance, False)
+                else:
+                    await self._destroy(ws, stages)
         except Exception as e:  # recorded; the original failure is what the user sees
             self.log.error("Cleaning up %s after a failed start also failed: %s", self.instance, e)
             cleanup = {"cleanup": "failed", "cleanup_error": str(e)}
@@ -875,36 +955,53 @@ class LxdSpawner(Spawner):
         except OSError as e:
             self.log.error("Could not remove the token of %s from its workspace: %s", self.instance, e)
         await ws.audit({**record, "member": self._target or "", "outcome": "failed", "error": reason, **cleanup,
-                        "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+                        **stages.record(), **await self._versions(ws)})
         if cleanup["cleanup"] != "failed":
             ports.release(self.listen_address, self.listen_port)
             self.listen_port = None
             self.instance = ""  # nothing of it is left to poll or stop
 
-    async def _destroy(self, ws: Workspace) -> None:
+    async def _destroy(self, ws: Workspace, stages: Stages | None = None) -> None:
+        stages = stages or Stages()
         initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
         if initialised:
-            try:
-                await self._terraform(ws, "destroy", env=DESTROY_ENV)
-            except TerraformError as e:
-                info = await lxd.instance(self.endpoint, self.instance) if self.instance else None
-                if info is not None:
-                    # Its clean shutdown failed or timed out: force it off, then destroy again.
-                    if info.status == "Stopped":
-                        raise
-                    self.log.warning("Destroy of %s failed (%s); forcing it off and retrying", self.instance, e)
-                    await lxd.set_running(self.endpoint, self.instance, False, force=True)
-                    await self._terraform(ws, "destroy", env=DESTROY_ENV)
-                    return
-                # The instance was deleted behind Terraform's back: forget it, then destroy
-                # whatever else the module made.
-                forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
-                self.log.warning("Instance %s was already gone; removed %s from the state", self.instance, forgotten)
-                await self._terraform(ws, "destroy", env=DESTROY_ENV)
+            with stages.timed("shutdown"):
+                await self._shut_down_first(ws)
+            with stages.timed("destroy"):
+                await self._terraform_destroy(ws)
         if self.instance:
             info = await lxd.instance(self.endpoint, self.instance)
             if lxd.made_for(info, ws.path, await self._ensure_hub_id()):
                 await lxd.delete_instance(self.endpoint, self.instance)
+
+    async def _shut_down_first(self, ws: Workspace) -> None:
+        """Stop our instance through the API before `terraform destroy`: the provider's own
+        clean stop waits in 3 s steps; stopped, its destroy only deletes."""
+        if not self.instance:
+            return
+        info = await lxd.instance(self.endpoint, self.instance)
+        if lxd.made_for(info, ws.path, await self._ensure_hub_id()) and info.status != "Stopped":
+            await lxd.shut_down(self.endpoint, self.instance, self.stop_grace_period)
+
+    async def _terraform_destroy(self, ws: Workspace) -> None:
+        # No refresh: the instance was just stopped (or is gone, which the delete then says).
+        try:
+            await self._terraform(ws, "destroy", "-refresh=false", env=DESTROY_ENV)
+        except TerraformError as e:
+            info = await lxd.instance(self.endpoint, self.instance) if self.instance else None
+            if info is not None:
+                # Its shutdown failed or timed out: force it off, then destroy again.
+                if info.status == "Stopped":
+                    raise
+                self.log.warning("Destroy of %s failed (%s); forcing it off and retrying", self.instance, e)
+                await lxd.set_running(self.endpoint, self.instance, False, force=True)
+                await self._terraform(ws, "destroy", env=DESTROY_ENV)
+                return
+            # The instance was deleted behind Terraform's back: forget it, then destroy
+            # whatever else the module made.
+            forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
+            self.log.warning("Instance %s was already gone; removed %s from the state", self.instance, forgotten)
+            await self._terraform(ws, "destroy", env=DESTROY_ENV)
 
     #: Per binary (resolved path): its version, probed once per hub process.
     _tool_versions: dict = {}
@@ -967,29 +1064,26 @@ class LxdSpawner(Spawner):
             self._polling = False
 
     async def _poll(self):
-        # Only a clear answer ends a server: the instance is gone or stopped, or systemd says the
-        # unit is inactive or failed. "Cannot tell" (LXD unreachable or slow, an exec refused at
-        # the process limit or hanging, an instance starting or frozen) never means dead.
+        # The image's server unit powers its container off when it ends (exits, or fails for
+        # good), so the instance's status is the server's: read from one listing that every
+        # spawner shares. Only a clear, fresh answer ends a server: "gone" or "Stopped" in the
+        # listing is confirmed by asking for this instance; "cannot tell" (LXD unreachable or
+        # slow, an instance starting or frozen) never means dead.
         try:
+            info = await lxd.instance_status(self.endpoint, self.instance, self.status_max_age)
+            if info is not None and info.status not in ("Stopped", ""):
+                if info.status != "Running":
+                    self.log.warning("poll(%s): the instance is %s; not calling it dead", self.instance, info.status)
+                elif info.location:
+                    self.member = info.location
+                return None
             info = await lxd.instance(self.endpoint, self.instance)
             if info is None:
                 reason = "the instance no longer exists"
             elif info.status == "Stopped":
-                reason = "the instance is Stopped"
-            elif info.status != "Running":
-                self.log.warning("poll(%s): the instance is %s; not calling it dead", self.instance, info.status)
-                return None
+                reason = "the instance is Stopped (its server ended)"
             else:
-                if info.location:
-                    self.member = info.location
-                active = await lxd.unit_active(self.endpoint, self.instance)
-                if active is None:
-                    self.log.warning("poll(%s): could not ask systemd about the server unit (exec failed or "
-                                     "timed out); not calling it dead", self.instance)
-                    return None
-                if active:
-                    return None
-                reason = "systemd says the server unit is inactive or failed"
+                return None  # it was (re)started since the listing
         except lxd.LxdUnavailable as e:
             # Cannot tell: do not declare a server dead because LXD is briefly unreachable.
             self.log.warning("poll(%s): %s", self.instance, e)
@@ -1045,7 +1139,7 @@ class LxdSpawner(Spawner):
         if not await asyncio.to_thread(ws.path.exists):
             self.instance = ""
             return  # never got as far as a workspace: nothing to stop, nothing to record
-        began = time.monotonic()
+        stages = Stages()
         # After a hub restart mid-spawn the state is empty, but the name is deterministic.
         self.instance = self.instance or self._instance_name()
         # The record describes what ran, from what the last start saved (terraform.tfvars.json),
@@ -1055,20 +1149,22 @@ class LxdSpawner(Spawner):
                   "instance": self.instance, "member": self.member or started.get("target") or "",
                   "image": started.get("image") or self.chosen_image,
                   "kept": not self.remove, **({"reason": reason} if reason else {})}
-        async with ws.lock():
+        async with contextlib.AsyncExitStack() as held:
+            with stages.timed("lock"):
+                await held.enter_async_context(ws.lock())
             try:
                 await asyncio.to_thread(ws.state_resources)  # unreadable: touch nothing, say why
                 if self.remove:
-                    await self._destroy(ws)
+                    await self._destroy(ws, stages)
                 elif self.instance and await lxd.instance(self.endpoint, self.instance):
-                    await lxd.set_running(self.endpoint, self.instance, False)
+                    with stages.timed("stop"):
+                        await lxd.set_running(self.endpoint, self.instance, False)
             except Exception as e:
-                await ws.audit({**record, "outcome": "failed", "error": str(e),
-                                "duration": round(time.monotonic() - began, 3), **await self._versions(ws)})
+                await ws.audit({**record, "outcome": "failed", "error": str(e), **stages.record(),
+                                **await self._versions(ws)})
                 raise
             await ws.scrub_secrets({self.api_token or ""})
-            await ws.audit({**record, "outcome": "ok", "duration": round(time.monotonic() - began, 3),
-                            **await self._versions(ws)})
+            await ws.audit({**record, "outcome": "ok", **stages.record(), **await self._versions(ws)})
         ports.release(self.listen_address, self.listen_port)
         self.listen_port = None
         self.url = ""

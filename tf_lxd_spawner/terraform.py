@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -125,8 +126,10 @@ class TerraformRunner:
         gate: asyncio.Semaphore | None = None,
         interrupt_grace: float = 30.0,
         inherit: tuple[str, ...] | list[str] = DEFAULT_ALLOWED,
+        niceness: int = 0,
     ):
         self.binary = binary
+        self.niceness = niceness
         self.env = dict(env or {})
         self.gate = gate
         self.interrupt_grace = interrupt_grace
@@ -152,7 +155,7 @@ class TerraformRunner:
             argv += ["-input=false", "-json", "-lock-timeout=120s"]
         elif command == "init":
             argv += ["-input=false", "-json"]
-        elif command in ("output", "version"):
+        elif command == "version":
             argv += ["-json"]
         return argv + list(args)
 
@@ -200,7 +203,7 @@ class TerraformRunner:
                     stderr=err_file,
                     start_new_session=True,  # a hub's Ctrl-C must not reach it: we interrupt it ourselves
                     umask=0o077,  # state, plans and .terraform/ may hold secrets: owner-only
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=functools.partial(_prepare_child, self.niceness),
                 )
             except FileNotFoundError:
                 raise TerraformError(
@@ -286,12 +289,6 @@ class TerraformRunner:
             await self.run("state", "rm", "-lock-timeout=120s", *gone, cwd=cwd, log_path=log_path)
         return gone
 
-    async def outputs(self, cwd: str | Path, env: Mapping[str, str] | None = None) -> dict:
-        """The root module's outputs as {name: value}."""
-        result = await self.run("output", cwd=cwd, env=env)
-        raw = json.loads(result.stdout or "{}")
-        return {name: item.get("value") for name, item in raw.items()}
-
     async def version(self) -> dict:
         """`version -json` of the binary: {"terraform_version": ..., ...}; {} when it cannot run
         (a probe must never hide the error of the operation it describes)."""
@@ -319,11 +316,15 @@ except (OSError, AttributeError):
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _prepare_child(niceness: int) -> None:
     """In the child, before exec: SIGTERM it when the hub dies, so a killed hub leaves no
-    terraform behind (Terraform then stops gracefully, saving its state and unlocking it)."""
+    terraform behind (Terraform then stops gracefully, saving its state and unlocking it); and
+    lower its priority, so Terraform and its provider (which inherits it) yield the CPU to
+    the hub's event loop."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if niceness:
+        os.nice(niceness)
 
 
 def _append_private(path: str | Path, text: str) -> None:

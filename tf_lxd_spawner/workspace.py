@@ -366,29 +366,38 @@ class Workspace:
         except (FileNotFoundError, ValueError):
             return {}
 
-    def state_resources(self) -> list[dict]:
-        """Resources in the Terraform state ([] when there is none yet, or when a run that died
-        before writing any left it empty: then LXD, not the state, tells what exists). A state
-        that exists but cannot be read raises StateUnreadable: it may hold a kept instance."""
+    def _state(self) -> dict:
+        """The parsed state ({} when there is none yet, or when a run that died before writing
+        any left it empty). A state that exists but cannot be read raises StateUnreadable."""
         try:
             with open(self.state_file, encoding="utf-8") as f:
                 text = f.read()
         except FileNotFoundError:
-            return []
+            return {}
         except OSError as e:
             raise StateUnreadable(f"cannot read {self.state_file}: {e}") from None
         if not text.strip():
-            return []
+            return {}
         try:
             state = json.loads(text)
-            resources = state.get("resources", [])
-            if not isinstance(resources, list):
+            if not isinstance(state, dict) or not isinstance(state.get("resources", []), list):
                 raise ValueError("'resources' is not a list")
-        except (ValueError, AttributeError) as e:
+        except ValueError as e:
             raise StateUnreadable(
                 f"{self.state_file} is not a valid Terraform state ({e}); nothing was changed. Restore it "
                 f"from terraform.tfstate.backup or a backup, or move it away if the instance is gone") from None
-        return resources
+        return state
+
+    def state_resources(self) -> list[dict]:
+        """Resources in the Terraform state ([] when there are none: then LXD, not the state,
+        tells what exists). An unreadable state raises StateUnreadable: it may hold a kept
+        instance."""
+        return self._state().get("resources", [])
+
+    def state_outputs(self) -> dict:
+        """The root module's outputs as {name: value}, read from the state the last apply wrote
+        (what `terraform output` would print, without starting Terraform and its provider)."""
+        return {name: item.get("value") for name, item in (self._state().get("outputs") or {}).items()}
 
     def provider_versions(self) -> dict[str, str]:
         """Provider versions pinned in .terraform.lock.hcl, by source address."""

@@ -219,3 +219,17 @@ def test_dangling_provider_links_are_removed_and_init_runs_again(tmp_path):
     (platform / "linux_amd64").symlink_to(tmp_path / "old-mirror" / "linux_amd64")
     assert ws._prepare("# root\n", {}) is True
     assert not os.path.lexists(platform / "linux_amd64")
+
+
+def test_outputs_are_read_from_the_state(tmp_path):
+    """The outputs of the last apply, without running `terraform output`; none before a state."""
+    ws = Workspace(tmp_path / "ws")
+    ws.path.mkdir()
+    assert ws.state_outputs() == {}
+    ws.state_file.write_text(json.dumps({"version": 4, "resources": [], "outputs": {
+        "connect_port": {"value": 20001, "type": "number"}, "files": {"value": [], "type": ["list", "string"]}}}))
+    assert ws.state_outputs() == {"connect_port": 20001, "files": []}
+    ws.state_file.write_text("{not json")
+    from tf_lxd_spawner.workspace import StateUnreadable
+    with pytest.raises(StateUnreadable):
+        ws.state_outputs()
