@@ -51,6 +51,11 @@ def test_alice_spawns_and_runs_code_in_her_container(hub, lxd_client):
     name = records[-1]["instance"]
     assert name == "jupyter-alice"
     assert lxd_client.instances.get(name).status == "Running"
+    # Where the time went: each stage of the spawn, the server's first answer included.
+    stages = records[-1]["stages"]
+    assert {"preflight", "placement", "init", "apply", "server"} <= set(stages), stages
+    assert all(v >= 0 for v in stages.values()) and stages["apply"] > 0 and stages["server"] > 0
+    assert sum(stages.values()) <= records[-1]["duration"] + 0.01
 
     # The API token never appeared in any process's argv, and only root can read it on disk.
     token = container_token(lxd_client, name)
@@ -120,6 +125,7 @@ def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
     assert state["resources"] == []
     _, records = instance_of(hub, "alice")
     assert [(r["operation"], r["outcome"]) for r in records] == [("start", "ok"), ("stop", "ok")]
+    assert {"shutdown", "destroy"} <= set(records[-1]["stages"]), records[-1]
     for r in records:
         assert r["user"] == "alice" and r["instance"] == name and r["image"] == "jupyter-notebook"
         assert r["terraform_version"] and "lxd" in " ".join(r["providers"])
