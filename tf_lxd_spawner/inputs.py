@@ -73,10 +73,15 @@ def mounts(entries: Iterable, expand: Expand, shift: bool) -> list[dict]:
     return disks
 
 
-def limits(mem_limit: int | None, cpu_limit: float | None, process_limit: int = 0) -> dict[str, str]:
+def limits(mem_limit: int | None, cpu_limit: float | None, process_limit: int = 0,
+           cpu_share: int = 100) -> dict[str, str]:
     """LXD limits.* (without the prefix): memory in exact bytes; CPU as a CFS quota, so 0.5
-    is half a CPU ("50ms/100ms"), not truncated to 0; processes as a count."""
+    is half a CPU ("50ms/100ms"), not truncated to 0; processes as a count. Without a quota, a
+    cpu_share under 100 is a soft share ("10%": the container's CPU weight is a tenth of a host
+    process's, idle CPU stays usable)."""
     out = {}
+    if not 1 <= cpu_share <= 100:
+        raise ConfigError(f"container_cpu_share {cpu_share} must be a percentage from 1 to 100")
     if mem_limit:
         if int(mem_limit) < 32 * 1024 * 1024:
             raise ConfigError(f"mem_limit {mem_limit} bytes is too small to run a server (at least 32M)")
@@ -85,6 +90,8 @@ def limits(mem_limit: int | None, cpu_limit: float | None, process_limit: int = 
         if not math.isfinite(cpu_limit) or cpu_limit <= 0:
             raise ConfigError(f"cpu_limit {cpu_limit} must be a positive number of CPUs")
         out["cpu.allowance"] = f"{max(1, round(cpu_limit * 100))}ms/100ms"
+    elif cpu_share < 100:
+        out["cpu.allowance"] = f"{cpu_share}%"
     if process_limit:
         if process_limit < 0:
             raise ConfigError(f"process_limit {process_limit} must be positive (0 for no limit)")

@@ -50,7 +50,9 @@ def test_alice_spawns_and_runs_code_in_her_container(hub, lxd_client):
     assert records[-1]["operation"] == "start" and records[-1]["outcome"] == "ok"
     name = records[-1]["instance"]
     assert name == "jupyter-alice"
-    assert lxd_client.instances.get(name).status == "Running"
+    inst = lxd_client.instances.get(name)
+    assert inst.status == "Running"
+    assert inst.config["limits.cpu.allowance"] == "10%"  # container_cpu_share: the hub comes first
     # Where the time went: each stage of the spawn, the server's first answer included.
     stages = records[-1]["stages"]
     assert {"preflight", "placement", "init", "apply", "server"} <= set(stages), stages

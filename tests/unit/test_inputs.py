@@ -14,6 +14,8 @@ def test_limits_exact_bytes_and_fractional_cpu():
     assert limits(None, 2, 0) == {"cpu.allowance": "200ms/100ms"}
     assert limits(1536 * 1024**2, None) == {"memory": str(1536 * 1024**2)}  # not rounded to "MB"
     assert limits(None, 0.001) == {"cpu.allowance": "1ms/100ms"}  # never truncated to 0
+    assert limits(None, None, 0, 10) == {"cpu.allowance": "10%"}  # a soft share
+    assert limits(None, 0.5, 0, 10) == {"cpu.allowance": "50ms/100ms"}  # a quota wins
 
 
 @pytest.mark.parametrize("mem,cpu", [(1, None), (None, -1), (None, float("inf")), (None, float("nan"))])
