@@ -78,6 +78,9 @@ def made_for(info: "InstanceInfo | None", workspace: str, hub_id: str) -> bool:
 
 
 _clients: dict[Endpoint, pylxd.Client] = {}
+_pools: dict[Endpoint, ThreadPoolExecutor] = {}
+_clients_lock = threading.Lock()  # guards the dicts only, never held while connecting
+
 _requests = 0  # HTTP requests sent to any daemon by this process: what a poll round costs
 _requests_lock = threading.Lock()
 
@@ -92,9 +95,6 @@ def _count_request(response=None, *args, **kwargs):
     with _requests_lock:
         _requests += 1
     return response
-
-_pools: dict[Endpoint, ThreadPoolExecutor] = {}
-_clients_lock = threading.Lock()  # guards the dicts only, never held while connecting
 
 
 def _connect(endpoint: Endpoint) -> pylxd.Client:

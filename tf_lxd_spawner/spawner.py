@@ -22,7 +22,8 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import maybe_future
 from markupsafe import escape
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Any, Bool, Callable, Dict, Enum, Float, Int, List, Tuple, Unicode, Union, default
+from traitlets import (Any, Bool, Callable, Dict, Enum, Float, Int, List, TraitError, Tuple, Unicode, Union, default,
+                       validate)
 
 from . import inputs as config_inputs
 from . import backends, lxd, naming, provider
@@ -248,6 +249,12 @@ class LxdSpawner(Spawner):
         which inherits it), 0-19: many spawns at once then cannot starve the hub's event loop of
         CPU, so the hub keeps answering its users. 0 runs Terraform at the hub's priority.""",
     ).tag(config=True)
+
+    @validate("terraform_niceness")
+    def _valid_niceness(self, proposal):
+        if not 0 <= proposal["value"] <= 19:
+            raise TraitError(f"terraform_niceness {proposal['value']} must be from 0 to 19")
+        return proposal["value"]
 
     provider_refresh_interval = Unicode(
         "250ms",

@@ -17,7 +17,8 @@ def on_int(*_):
     open(os.environ["FAKE_MARK"], "w").write("interrupted")
     sys.exit(130)
 signal.signal(signal.SIGINT, on_int)
-print(json.dumps({"type": "version", "argv": sys.argv[1:], "secret_in_env": "TF_VAR_x" in os.environ}), flush=True)
+print(json.dumps({"type": "version", "argv": sys.argv[1:], "secret_in_env": "TF_VAR_x" in os.environ,
+                  "niceness": os.nice(0)}), flush=True)
 if mode == "fail":
     print(json.dumps({"type": "diagnostic", "diagnostic": {"severity": "error", "summary": "Boom", "detail": "it broke"}}), flush=True)
     sys.exit(1)
@@ -58,6 +59,15 @@ def test_events_streamed_logged_and_secrets_in_env_only(tmp_path, fake):
     assert seen[0]["secret_in_env"] is True
     assert json.loads(log.read_text().splitlines()[0])["type"] == "version"
     assert stat.S_IMODE(os.stat(log).st_mode) == 0o600
+
+
+def test_terraform_runs_at_a_lower_priority_than_the_hub(tmp_path, fake):
+    """A burst of spawns must not starve the hub's event loop: the runs (and the provider they
+    start, which inherits it) are niced."""
+    seen = []
+    runner = TerraformRunner(fake, env={"FAKE_MODE": "ok"}, niceness=7)
+    asyncio.run(runner.run("apply", cwd=tmp_path, on_event=seen.append, log_path=tmp_path / "run.jsonl"))
+    assert seen[0]["niceness"] == os.nice(0) + 7
 
 
 def test_failure_carries_terraform_diagnostics(tmp_path, fake):
