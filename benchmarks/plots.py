@@ -29,6 +29,13 @@ def _order(names) -> list[str]:
     return sorted(names, key=key)
 
 
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def spawn_distributions(sequential: dict, out: Path) -> Path | None:
     """Box plot with every measurement on top, per contestant: spawn-to-ready and stop."""
     data = {n: c for n, c in sequential.items() if c.get("spawn_s")}
@@ -52,10 +59,7 @@ def spawn_distributions(sequential: dict, out: Path) -> Path | None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("tf-lxd-spawner against the direct-API baseline (grey), through a real hub")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def concurrency_curve(concurrency: dict, out: Path) -> Path | None:
@@ -79,10 +83,7 @@ def concurrency_curve(concurrency: dict, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title("Concurrent spawns through one hub")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def latency_timeline(concurrency: dict, out: Path) -> Path | None:
@@ -106,10 +107,7 @@ def latency_timeline(concurrency: dict, out: Path) -> Path | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     ax.set_title("Hub API latency during the largest burst")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def draw_all(results: dict, png_dir: Path) -> dict[str, Path]:
@@ -117,12 +115,14 @@ def draw_all(results: dict, png_dir: Path) -> dict[str, Path]:
     png_dir.mkdir(parents=True, exist_ok=True)
     seq = (results.get("sequential") or {}).get("contestants") or {}
     conc = (results.get("concurrency") or {}).get("contestants") or {}
-    drawn = {
-        "spawn": spawn_distributions(seq, png_dir / "spawn_times.png"),
-        "concurrency": concurrency_curve(conc, png_dir / "concurrency.png"),
-        "latency": latency_timeline(conc, png_dir / "hub_latency.png"),
-    }
-    for name in ("spawn_times.png", "concurrency.png", "hub_latency.png"):
-        if png_dir / name not in drawn.values():
+    figures = {"spawn": (spawn_distributions, seq, "spawn_times.png"),
+               "concurrency": (concurrency_curve, conc, "concurrency.png"),
+               "latency": (latency_timeline, conc, "hub_latency.png")}
+    drawn = {}
+    for role, (draw, data, name) in figures.items():
+        out = draw(data, png_dir / name)
+        if out is None:
             (png_dir / name).unlink(missing_ok=True)  # a figure of earlier results would mislead
-    return {k: v for k, v in drawn.items() if v is not None}
+        else:
+            drawn[role] = out
+    return drawn

@@ -275,12 +275,12 @@ async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     return await _run(endpoint, lambda c: _delete_instance(c, name))
 
 
-def _set_running(client: pylxd.Client, name: str, running: bool, force: bool) -> None:
+def _set_running(client: pylxd.Client, name: str, running: bool) -> None:
     inst = client.instances.get(name)
     if running and inst.status != "Running":
         inst.start(wait=True)
     elif not running and inst.status != "Stopped":
-        inst.stop(wait=True, timeout=30, force=force)
+        inst.stop(wait=True, timeout=30)
 
 
 def _shut_down(client: pylxd.Client, name: str, grace: float) -> None:
@@ -301,9 +301,9 @@ async def shut_down(endpoint: Endpoint, name: str, grace: float) -> None:
     await _run(endpoint, lambda c: _shut_down(c, name, grace))
 
 
-async def set_running(endpoint: Endpoint, name: str, running: bool, force: bool = False) -> None:
-    """Start, or stop (cleanly, or forced) an existing instance."""
-    await _run(endpoint, lambda c: _set_running(c, name, running, force))
+async def set_running(endpoint: Endpoint, name: str, running: bool) -> None:
+    """Start, or cleanly stop, an existing instance (`shut_down` forces it off)."""
+    await _run(endpoint, lambda c: _set_running(c, name, running))
 
 
 def _push_files(client: pylxd.Client, name: str, files: list[dict]) -> None:

@@ -1015,7 +1015,7 @@ class LxdSpawner(Spawner):
                 if info.status == "Stopped":
                     raise
                 self.log.warning("Destroy of %s failed (%s); forcing it off and retrying", self.instance, e)
-                await lxd.set_running(self.endpoint, self.instance, False, force=True)
+                await lxd.shut_down(self.endpoint, self.instance, grace=0)
                 await self._terraform(ws, "destroy", env=DESTROY_ENV)
                 return
             # The instance was deleted behind Terraform's back: forget it, then destroy

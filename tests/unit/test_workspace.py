@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from conftest import MODULE_DIR, terraform_env
-from tf_lxd_spawner.workspace import Workspace, WorkspaceBusy, hcl_string, render_root, workspace_path
+from tf_lxd_spawner.workspace import (StateUnreadable, Workspace, WorkspaceBusy, hcl_string, render_root,
+                                     workspace_path)
 
 PROVIDER = {"refresh_interval": "250ms", "remote": None, "config_dir": None, "accept_remote_certificate": False}
 
@@ -230,6 +231,5 @@ def test_outputs_are_read_from_the_state(tmp_path):
         "connect_port": {"value": 20001, "type": "number"}, "files": {"value": [], "type": ["list", "string"]}}}))
     assert ws.state_outputs() == {"connect_port": 20001, "files": []}
     ws.state_file.write_text("{not json")
-    from tf_lxd_spawner.workspace import StateUnreadable
     with pytest.raises(StateUnreadable):
         ws.state_outputs()
