@@ -7,7 +7,7 @@ never for production).
 import os
 
 here = os.path.dirname(os.path.abspath(__file__))
-repo = os.path.dirname(here)
+repo = os.path.dirname(os.path.dirname(here))  # examples/demo/ -> the repository
 cache = os.path.join(repo, ".cache")
 demo = os.path.join(cache, "demo")
 os.makedirs(demo, mode=0o700, exist_ok=True)

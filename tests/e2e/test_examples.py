@@ -1,0 +1,152 @@
+"""The examples run as they are. Each example's configuration drives real spawns (spawner
+stub, real LXD or Incus, Terraform or OpenTofu) and shows what it is about: the seed's pushed
+files and mounted home, the custom module's GPU profile and device (made, then removed), Incus
+with OpenTofu, and member weights on the loopback cluster the cluster example brings up."""
+
+import asyncio
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pylxd
+import pytest
+from pylxd.client import get_session_for_url
+
+import exampleconfig
+import spawnerstub
+from conftest import INCUS_SOCKET
+
+pytestmark = pytest.mark.e2e
+
+
+def spawn_and_stop(example, tmp_path, username, check, **traits):
+    """Start a server with the example's configuration (only the workspace moved to tmp_path),
+    run `check(instance, spawner)` while it runs, stop it and assert the instance is gone."""
+    cfg = exampleconfig.load(example)
+    sp = spawnerstub.make_spawner(tmp_path / "state", username, config=cfg, **traits)
+    client = pylxd.Client(endpoint=INCUS_SOCKET) if sp.backend == "incus" else pylxd.Client()
+    name = None
+    try:
+        asyncio.run(sp.start())
+        name = sp.instance
+        inst = client.instances.get(name)
+        assert inst.status == "Running"
+        check(inst, sp)
+    finally:
+        try:
+            asyncio.run(sp.stop())
+        finally:
+            leftover = name and client.instances.exists(name)
+            if leftover:
+                client.instances.get(name).delete(wait=True)
+    assert not leftover, f"stop() left {name} behind"
+    return client, name
+
+
+async def gather(coroutines):
+    return await asyncio.gather(*coroutines)
+
+
+def test_demo(tmp_path):
+    def check(inst, sp):
+        assert inst.config["limits.memory"] == str(2 * 1024**3)  # c.Spawner.mem_limit = "2G"
+    spawn_and_stop("demo", tmp_path, "example-demo", check)
+
+
+def test_seed_pushes_passwd_and_group_and_mounts_the_home(tmp_path):
+    cfg = exampleconfig.load("seed")
+    home = exampleconfig.REPO / ".cache" / "examples" / "seed" / "homes" / "example-seed"
+    shutil.rmtree(home, ignore_errors=True)
+
+    def check(inst, sp):
+        assert inst.config["security.privileged"] == "true"
+        for path in ("/etc/passwd", "/etc/group"):
+            assert inst.files.get(path) == open(path, "rb").read()
+        # The home is the host directory create_mount_dirs made: a file written inside is there.
+        assert inst.devices["home"]["source"] == str(home)
+        r = inst.execute(["sh", "-c", "echo from-container > /home/example-seed/probe"])
+        assert r.exit_code == 0, r.stderr
+        assert (home / "probe").read_text() == "from-container\n"
+    try:
+        spawn_and_stop("seed", tmp_path, "example-seed", check)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert cfg.LxdSpawner.files_to_push == [["/etc/passwd", "/etc/passwd"], ["/etc/group", "/etc/group"]]
+
+
+def test_custom_module_gpu_makes_its_profile_and_device_and_removes_them(tmp_path):
+    made = {}
+
+    def check(inst, sp):
+        profile = f"{inst.name}-gpu"
+        made["profile"] = profile
+        assert sp.module_source == str(exampleconfig.EXAMPLES / "custom-module-gpu" / "module")
+        assert inst.profiles == ["default", profile]
+        gpu = inst.client.profiles.get(profile)
+        assert gpu.devices == {"gpu": {"type": "unix-char", "source": "/dev/null", "path": "/dev/gpu-standin"}}
+        # The device is in the running container: a character device, the host's /dev/null.
+        r = inst.execute(["stat", "-c", "%F %t:%T", "/dev/gpu-standin"])
+        assert r.stdout.strip() == "character special file 1:3", r.stdout + r.stderr
+    client, _ = spawn_and_stop("custom-module-gpu", tmp_path, "example-gpu", check)
+    try:
+        assert made and not client.profiles.exists(made["profile"]), "destroy must delete the server's profile"
+    finally:
+        if made and client.profiles.exists(made["profile"]):
+            client.profiles.get(made["profile"]).delete()
+
+
+def test_incus_with_opentofu(tmp_path):
+    def check(inst, sp):
+        assert inst.client.host_info["environment"]["server"] == "incus"
+        [audit] = (tmp_path / "state").glob("*/_default/audit.jsonl")
+        record = json.loads(audit.read_text().splitlines()[-1])
+        assert record["terraform_binary"] == str(exampleconfig.REPO / ".cache" / "bin" / "tofu"), record
+        assert record["daemon"]["backend"] == "incus", record
+    spawn_and_stop("incus-opentofu", tmp_path, "example-tofu", check)
+
+
+SETTINGS = exampleconfig.REPO / ".cache" / "examples" / "cluster-weights" / "cluster.json"
+
+
+@pytest.fixture(scope="module")
+def loopback_cluster():
+    """examples/cluster-weights/loopback_cluster.py as the README runs it, ended with Ctrl-C."""
+    assert not SETTINGS.exists(), f"{SETTINGS} exists: is the example's loopback cluster running?"
+    script = exampleconfig.EXAMPLES / "cluster-weights" / "loopback_cluster.py"
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not SETTINGS.exists():
+            assert proc.poll() is None, f"loopback_cluster.py ended: {proc.stdout.read()}"
+            assert time.monotonic() < deadline, "the loopback cluster did not come up in 300 s"
+            time.sleep(1)
+        yield json.loads(SETTINGS.read_text())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, output
+    assert not SETTINGS.exists(), "Ctrl-C must remove the settings it wrote"
+
+
+def test_cluster_weights_on_the_loopback_cluster(loopback_cluster, tmp_path):
+    """Three servers at once: weights 2 and 1 give m1 two of them and m2 one (README), the
+    spawns in flight counted as load."""
+    cluster = loopback_cluster
+    assert not (set(cluster) - {"backend", "endpoint", "cert", "key", "verify"})
+    cfg = exampleconfig.load("cluster-weights")  # reads the settings the script wrote
+    assert cfg.LxdSpawner.lxd_endpoint == cluster["endpoint"] == "https://127.0.0.21:8443"
+    spawners = [spawnerstub.make_spawner(tmp_path / "state", f"weighted{i}", config=cfg) for i in range(3)]
+    try:
+        asyncio.run(gather(sp.start() for sp in spawners))
+        assert sorted(sp.member for sp in spawners) == ["m1", "m1", "m2"]
+        # What the cluster itself says (pinned certificate; REQUESTS_CA_BUNDLE would replace it).
+        session = get_session_for_url(cluster["endpoint"], verify=cluster["verify"], cert=(cluster["cert"], cluster["key"]))
+        session.trust_env = False
+        listing = session.get(f"{cluster['endpoint']}/1.0/instances?recursion=1", timeout=60).json()["metadata"]
+        assert {i["name"]: i["location"] for i in listing} == {sp.instance: sp.member for sp in spawners}
+    finally:
+        asyncio.run(gather(sp.stop() for sp in spawners))
