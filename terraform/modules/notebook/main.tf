@@ -35,12 +35,14 @@ locals {
   ])
 
   proxy_devices = merge(
+    # coalesce(): a null listen_port would fail in the template before the precondition on the
+    # instance could name the problem.
     var.connect_via == "proxy" ? {
       jupyter-server = {
         type = "proxy"
         properties = {
           bind    = "host"
-          listen  = "tcp:${var.listen_address}:${var.listen_port}"
+          listen  = "tcp:${var.listen_address}:${coalesce(var.listen_port, 0)}"
           connect = "tcp:127.0.0.1:${var.server_port}"
         }
       }

@@ -29,6 +29,6 @@ output "environment_file" {
 }
 
 output "status" {
-  description = "Instance status reported by LXD after apply (\"Running\" when the start succeeded)."
+  description = "Instance status reported by LXD after apply (\"Running\" when the start succeeded; \"Stopped\" with files_via_provider = false, until the caller starts it)."
   value       = lxd_container.notebook.status
 }

@@ -70,7 +70,8 @@ variable "server_cmd" {
   default     = ["jupyterhub-singleuser"]
 
   validation {
-    condition     = length(var.server_cmd) > 0 && length(var.server_cmd[0]) > 0
+    # try(): && does not short-circuit, so [0] of an empty list would fail before this message.
+    condition     = length(try(var.server_cmd[0], "")) > 0
     error_message = "server_cmd must name at least a program."
   }
 }

@@ -1,0 +1,234 @@
+# Every input validation and the precondition, one plan each: bad input stops at plan time with
+# the module's own message, before anything reaches the daemon. Nothing is created here.
+
+provider "lxd" {
+  refresh_interval             = "250ms"
+  generate_client_certificates = false
+  accept_remote_certificate    = false
+}
+
+variables {
+  name        = "tftest-validation"
+  image       = "jupyter-notebook"
+  user        = { name = "tftest", uid = 1000, gid = 1000, home = "/home/tftest" }
+  listen_port = 20000
+}
+
+# Valid input plans, and what connect_via = "instance-ip" and hub_address = null change.
+run "instance_ip_plan" {
+  command = plan
+
+  variables {
+    connect_via = "instance-ip"
+    hub_address = null
+    listen_port = null
+    disks       = [{ name = "data", source = "/srv/data", path = "/data", readonly = true }]
+  }
+
+  assert {
+    condition     = output.connect_port == 8888
+    error_message = "With instance-ip the hub connects to server_port."
+  }
+  assert {
+    condition     = [for d in lxd_container.notebook.device : d.name] == ["data"]
+    error_message = "With instance-ip and no hub_address there should be no proxy device, only the disk."
+  }
+  assert {
+    condition     = one(lxd_container.notebook.device).properties == tomap({ source = "/srv/data", path = "/data", readonly = "true" })
+    error_message = "A readonly disk should carry readonly = true and no shift."
+  }
+  assert {
+    condition     = lxd_container.notebook.start_container
+    error_message = "With files_via_provider (the default) the provider starts the instance."
+  }
+}
+
+run "files_via_caller_plan" {
+  command = plan
+
+  variables {
+    files_via_provider = false
+  }
+
+  assert {
+    condition     = !lxd_container.notebook.start_container && length(lxd_container.notebook.file) == 0
+    error_message = "With files_via_provider = false the instance is created stopped and without files."
+  }
+}
+
+run "proxy_needs_listen_port" {
+  command = plan
+  variables {
+    listen_port = null
+  }
+  expect_failures = [lxd_container.notebook]
+}
+
+run "name_starting_with_hyphen" {
+  command = plan
+  variables {
+    name = "-notebook"
+  }
+  expect_failures = [var.name]
+}
+
+run "name_too_long" {
+  command = plan
+  variables {
+    # 64 characters: one more than LXD allows (no functions here: OpenTofu refuses them in tests).
+    name = "n123456789012345678901234567890123456789012345678901234567890123"
+  }
+  expect_failures = [var.name]
+}
+
+run "empty_image" {
+  command = plan
+  variables {
+    image = " "
+  }
+  expect_failures = [var.image]
+}
+
+run "empty_profile" {
+  command = plan
+  variables {
+    profiles = ["default", ""]
+  }
+  expect_failures = [var.profiles]
+}
+
+run "bad_user_name" {
+  command = plan
+  variables {
+    user = { name = "Alice Smith", uid = 1000, gid = 1000, home = "/home/alice" }
+  }
+  expect_failures = [var.user]
+}
+
+run "fractional_uid" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000.5, gid = 1000, home = "/home/alice" }
+  }
+  expect_failures = [var.user]
+}
+
+run "relative_home" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000, gid = 1000, home = "home/alice" }
+  }
+  expect_failures = [var.user]
+}
+
+run "empty_server_cmd" {
+  command = plan
+  variables {
+    server_cmd = []
+  }
+  expect_failures = [var.server_cmd]
+}
+
+run "server_port_out_of_range" {
+  command = plan
+  variables {
+    server_port = 65536
+  }
+  expect_failures = [var.server_port]
+}
+
+run "unknown_connect_via" {
+  command = plan
+  variables {
+    connect_via = "bridge"
+  }
+  expect_failures = [var.connect_via]
+}
+
+run "listen_address_not_an_ip" {
+  command = plan
+  variables {
+    listen_address = "localhost"
+  }
+  expect_failures = [var.listen_address]
+}
+
+run "listen_port_zero" {
+  command = plan
+  variables {
+    listen_port = 0
+  }
+  expect_failures = [var.listen_port]
+}
+
+run "hub_port_fractional" {
+  command = plan
+  variables {
+    hub_port = 8081.5
+  }
+  expect_failures = [var.hub_port]
+}
+
+run "file_with_content_and_source" {
+  command = plan
+  variables {
+    files = [{ target_path = "/etc/x", content = "x", source = "tests/fixtures/source.txt" }]
+  }
+  expect_failures = [var.files]
+}
+
+run "file_relative_target" {
+  command = plan
+  variables {
+    files = [{ target_path = "etc/x", content = "x" }]
+  }
+  expect_failures = [var.files]
+}
+
+run "file_mode_not_octal" {
+  command = plan
+  variables {
+    files = [{ target_path = "/etc/x", content = "x", mode = "0689" }]
+  }
+  expect_failures = [var.files]
+}
+
+run "file_source_missing" {
+  command = plan
+  variables {
+    files = [{ target_path = "/etc/x", source = "tests/fixtures/no-such-file" }]
+  }
+  expect_failures = [var.files]
+}
+
+run "disk_bad_name" {
+  command = plan
+  variables {
+    disks = [{ name = "my disk", source = "/srv", path = "/srv" }]
+  }
+  expect_failures = [var.disks]
+}
+
+run "disk_relative_path" {
+  command = plan
+  variables {
+    disks = [{ name = "data", source = "/srv", path = "data" }]
+  }
+  expect_failures = [var.disks]
+}
+
+run "disk_names_repeated" {
+  command = plan
+  variables {
+    disks = [{ name = "data", source = "/srv/a", path = "/a" }, { name = "data", source = "/srv/b", path = "/b" }]
+  }
+  expect_failures = [var.disks]
+}
+
+run "label_key_upper_case" {
+  command = plan
+  variables {
+    labels = { Owner = "alice" }
+  }
+  expect_failures = [var.labels]
+}
