@@ -1,5 +1,6 @@
 # make test: all set-up on a fresh machine (idempotent, cached steps skipped), then the tests.
-# make demo: the same set-up, then JupyterHub with this spawner on http://127.0.0.1:8000.
+# make demo: the same set-up, then JupyterHub with this spawner on http://127.0.0.1:8000
+#   (examples/demo/; EXAMPLE=seed, cluster-weights, custom-module-gpu or incus-opentofu runs that example).
 # make performance: the same set-up, then benchmarks/side_by_side.py regenerates docs/performance.md.
 SHELL := /bin/bash
 CACHE := $(CURDIR)/.cache
@@ -63,8 +64,9 @@ performance: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python benchmarks/side_by_side.py --write-docs
 
+EXAMPLE ?= demo
 demo: setup
-	cd examples && $(VENV)/bin/jupyterhub -f jupyterhub_config.py
+	cd examples/$(EXAMPLE) && $(VENV)/bin/jupyterhub -f jupyterhub_config.py
 
 wheel: $(VENV)/.installed
 	$(VENV)/bin/python -m build --wheel --outdir dist .
