@@ -57,7 +57,8 @@ class Hub:
             c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
             c.JupyterHub.services = [{{"name": "tester", "api_token": "{self.token}"}}]
             c.JupyterHub.load_roles = [{{"name": "tester", "services": ["tester"],
-                "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users"]}}]
+                "scopes": ["admin:users", "admin:servers", "tokens", "access:servers", "read:users",
+                           "read:metrics"]}}]
             c.LxdSpawner.state_dir = "{self.state_dir}"
             c.LxdSpawner.terraform_cli_config = "{CACHE}/terraform/cli.tfrc"
             c.Spawner.start_timeout = 180
@@ -128,6 +129,15 @@ class Hub:
     def api(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         headers = {"Authorization": f"token {token or self.token}"}
         return requests.request(method, f"{self.url}/hub/api{path}", headers=headers, timeout=30, **kw)
+
+    def metrics(self) -> dict[tuple, float]:
+        """/hub/metrics parsed: {(sample name, ((label, value), ...)): value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        r = requests.get(f"{self.url}/hub/metrics", headers={"Authorization": f"token {self.token}"}, timeout=30)
+        r.raise_for_status()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(r.text) for s in family.samples}
 
     def user_token(self, user: str) -> str:
         self.api("POST", f"/users/{user}")  # exists afterwards (409 when it already did)

@@ -24,6 +24,8 @@ import requests
 from pylxd.client import get_session_for_url
 from pylxd.exceptions import ClientConnectionFailed, LXDAPIException, NotFound
 
+from . import metrics
+
 MANAGED_KEY = "user.tf-lxd-spawner.managed"
 WORKSPACE_KEY = "user.tf-lxd-spawner.workspace"
 HUB_ID_KEY = "user.tf-lxd-spawner.hub_id"
@@ -155,10 +157,12 @@ def _pool(endpoint: Endpoint) -> ThreadPoolExecutor:
         return pool
 
 
-async def _run(endpoint: Endpoint, fn):
-    """fn(client) in the endpoint's own thread pool, off the event loop."""
+async def _run(endpoint: Endpoint, fn, call: str):
+    """fn(client) in the endpoint's own thread pool, off the event loop; timed and counted as
+    `call` in the metrics."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool(endpoint), functools.partial(_call, endpoint, fn))
+    with metrics.lxd_call(call, LxdUnavailable):
+        return await loop.run_in_executor(_pool(endpoint), functools.partial(_call, endpoint, fn))
 
 
 def _members(client: pylxd.Client) -> list[Member]:
@@ -199,7 +203,7 @@ async def instance_status(endpoint: Endpoint, name: str, max_age: float) -> Inst
     stale = (answer is None or answer.get_loop() is not asyncio.get_running_loop()
              or answer.done() and (now - taken > max_age or answer.exception() is not None))
     if stale:
-        answer = asyncio.ensure_future(_run(endpoint, _all_instances))
+        answer = asyncio.ensure_future(_run(endpoint, _all_instances, "list_instances"))
         _snapshots[endpoint] = (now, answer)
     return (await asyncio.shield(answer)).get(name)
 
@@ -219,22 +223,22 @@ def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
 
 async def members(endpoint: Endpoint) -> list[Member]:
     """Cluster members with their status; [] for a standalone server."""
-    return await _run(endpoint, _members)
+    return await _run(endpoint, _members, "members")
 
 
 async def instance_counts(endpoint: Endpoint, managed_only: bool = False) -> Counter:
     """Instances per member name (one request, recursion=1)."""
-    return await _run(endpoint, lambda c: _instance_counts(c, managed_only))
+    return await _run(endpoint, lambda c: _instance_counts(c, managed_only), "instance_counts")
 
 
 async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
     """The instance's status and location, or None when it does not exist."""
-    return await _run(endpoint, lambda c: _instance(c, name))
+    return await _run(endpoint, lambda c: _instance(c, name), "instance")
 
 
 async def server_info(endpoint: Endpoint) -> dict:
     """GET /1.0 metadata: server version, clustering, environment (addresses)."""
-    return await _run(endpoint, lambda c: c.api.get().json()["metadata"])
+    return await _run(endpoint, lambda c: c.api.get().json()["metadata"], "server_info")
 
 
 def _image_exists(client: pylxd.Client, image: str) -> bool:
@@ -247,7 +251,19 @@ def _image_exists(client: pylxd.Client, image: str) -> bool:
 
 async def image_exists(endpoint: Endpoint, image: str) -> bool:
     """Whether `image` is an alias or fingerprint on the LXD server."""
-    return await _run(endpoint, lambda c: _image_exists(c, image))
+    return await _run(endpoint, lambda c: _image_exists(c, image), "image_exists")
+
+
+def _launch(client: pylxd.Client, spec: dict, target: str | None) -> None:
+    client.instances.create(spec, wait=True, target=target)
+    client.instances.get(spec["name"]).start(wait=True)
+
+
+async def launch(endpoint: Endpoint, spec: dict, target: str | None = None) -> None:
+    """Create and start an instance from an API spec (name, source, profiles, devices...) on
+    `target` (a cluster member; None: the daemon chooses). For short-lived probes such as
+    `tf-lxd-spawner doctor`'s: servers are made by Terraform, never here."""
+    await _run(endpoint, lambda c: _launch(c, spec, target), "launch")
 
 
 def _delete_instance(client: pylxd.Client, name: str, patience: float = 60) -> bool:
@@ -272,7 +288,7 @@ def _delete_instance(client: pylxd.Client, name: str, patience: float = 60) -> b
 
 async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     """Force-stop and delete an instance; False when it did not exist."""
-    return await _run(endpoint, lambda c: _delete_instance(c, name))
+    return await _run(endpoint, lambda c: _delete_instance(c, name), "delete_instance")
 
 
 def _set_running(client: pylxd.Client, name: str, running: bool) -> None:
@@ -298,12 +314,12 @@ def _shut_down(client: pylxd.Client, name: str, grace: float) -> None:
 
 async def shut_down(endpoint: Endpoint, name: str, grace: float) -> None:
     """Stop an instance: cleanly within `grace` seconds, else (or with grace 0) forced."""
-    await _run(endpoint, lambda c: _shut_down(c, name, grace))
+    await _run(endpoint, lambda c: _shut_down(c, name, grace), "shut_down")
 
 
 async def set_running(endpoint: Endpoint, name: str, running: bool) -> None:
     """Start, or cleanly stop, an existing instance (`shut_down` forces it off)."""
-    await _run(endpoint, lambda c: _set_running(c, name, running))
+    await _run(endpoint, lambda c: _set_running(c, name, running), "set_running")
 
 
 def _push_files(client: pylxd.Client, name: str, files: list[dict]) -> None:
@@ -332,7 +348,7 @@ async def push_files(endpoint: Endpoint, name: str, files: list[dict]) -> None:
     """Write files (target_path, content or source, mode, uid, gid) into a stopped instance,
     parent directories included: what the module's `files` output lists when the provider does
     not write them itself (files_via_provider = false, Incus)."""
-    await _run(endpoint, lambda c: _push_files(c, name, files))
+    await _run(endpoint, lambda c: _push_files(c, name, files), "push_files")
 
 
 def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, cwd: str, env: dict):
@@ -344,4 +360,4 @@ def _exec(client: pylxd.Client, name: str, argv: list[str], uid: int, gid: int, 
 async def execute(endpoint: Endpoint, name: str, argv: list[str], uid: int = 0, gid: int = 0,
                   cwd: str = "/", env: dict | None = None) -> tuple[int, str, str]:
     """Run an argument list in the instance as uid:gid: (exit code, stdout, stderr)."""
-    return await _run(endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}))
+    return await _run(endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}), "execute")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import metrics
 from .environment import DEFAULT_ALLOWED, allowed
 
 Event = dict
@@ -173,10 +174,8 @@ class TerraformRunner:
 
         `env` is where secrets go (TF_VAR_*): never into argv, which every local user can read.
         """
-        if self.gate is not None:
-            async with self.gate:
-                return await self._run(command, args, cwd, env, on_event, log_path, check)
-        return await self._run(command, args, cwd, env, on_event, log_path, check)
+        async with metrics.terraform_slot(self.gate, command):
+            return await self._run(command, args, cwd, env, on_event, log_path, check)
 
     async def _run(self, command, args, cwd, env, on_event, log_path, check) -> RunResult:
         """Streaming commands write their events straight into the run log (not a pipe) and are

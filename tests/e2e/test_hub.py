@@ -168,3 +168,39 @@ def test_two_users_at_once_each_reach_only_their_own(hub, lxd_client):
         hub.wait_stopped(u)
     assert not lxd_client.instances.exists("jupyter-bob")
     assert not lxd_client.instances.exists("jupyter-carol")
+
+
+def _sum(samples: dict, name: str, **labels) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def test_metrics_on_hub_metrics_after_real_spawns(hub, lxd_client):
+    """Ours appear on JupyterHub's own /hub/metrics, beside the hub's, from real spawns and stops."""
+    assert hub.start_server("dave").status_code in (201, 202)
+    hub.wait_ready("dave")
+    running = hub.metrics()
+    assert _sum(running, "jupyterhub_running_servers") >= 1  # the hub's own metrics, same endpoint
+    assert _sum(running, "tf_lxd_spawner_servers") == 1, {k: v for k, v in running.items() if "servers" in k[0]}
+    member = json.loads((hub.state_dir / "dave" / "_default" / "audit.jsonl").read_text().splitlines()[-1])["member"]
+    assert _sum(running, "tf_lxd_spawner_servers", member=member) == 1
+    assert _sum(running, "tf_lxd_spawner_spawn_duration_seconds_count", outcome="ok") >= 1
+    for stage in ("preflight", "placement", "init", "apply", "server"):
+        assert _sum(running, "tf_lxd_spawner_spawn_stage_duration_seconds_count", stage=stage, outcome="ok") >= 1, stage
+    assert _sum(running, "tf_lxd_spawner_spawn_stage_duration_seconds_sum", stage="apply", outcome="ok") > 0
+    assert _sum(running, "tf_lxd_spawner_placements_total", member="daemon") >= 1  # standalone LXD chooses
+    assert _sum(running, "tf_lxd_spawner_terraform_run_duration_seconds_count", command="apply", outcome="ok") >= 1
+    assert _sum(running, "tf_lxd_spawner_lxd_request_duration_seconds_count", call="image_exists") >= 1
+
+    stops_before = _sum(running, "tf_lxd_spawner_stop_duration_seconds_count", outcome="ok")
+    hub.api("DELETE", "/users/dave/server")
+    hub.wait_stopped("dave")
+    stopped = hub.metrics()
+    assert _sum(stopped, "tf_lxd_spawner_servers") == 0
+    assert _sum(stopped, "tf_lxd_spawner_stop_duration_seconds_count", outcome="ok") == stops_before + 1
+    for stage in ("shutdown", "destroy"):
+        assert _sum(stopped, "tf_lxd_spawner_stop_stage_duration_seconds_count", stage=stage, outcome="ok") >= 1
+    assert _sum(stopped, "tf_lxd_spawner_terraform_processes_running") == 0
+    assert _sum(stopped, "tf_lxd_spawner_terraform_processes_waiting") == 0
+    assert _sum(stopped, "tf_lxd_spawner_terraform_run_duration_seconds_count", command="destroy", outcome="ok") >= 1
+    assert not lxd_client.instances.exists("jupyter-dave")

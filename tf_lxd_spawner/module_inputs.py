@@ -1,0 +1,113 @@
+"""The notebook module's inputs for one server, from the spawner's settings and what preflight
+checked: written to the workspace's terraform.tfvars.json (secrets go by environment)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from urllib.parse import urlparse, urlunparse
+
+from jupyterhub.utils import maybe_future
+
+from . import inputs as config_inputs
+from .errors import SpawnError
+from .ports import resolve
+
+#: Module inputs the spawner itself sets; module_variables may not override them (each has a
+#: trait, or is what the spawner relies on to find, reach and own the server).
+OWNED_INPUTS = {
+    "name": "instance_name_template",
+    "labels": "(the spawner's own ownership labels)",
+    "target": "placement",
+    "listen_address": "(derived from the member)",
+    "listen_port": "proxy_port_range",
+    "connect_via": "connect_via",
+    "server_port": "server_port",
+    "server_environment": "environment",
+    "hub_address": "hub_connect_url",
+    "hub_port": "hub_connect_url",
+}
+
+
+def hub_address(spawner) -> tuple[str, int, str]:
+    """(host, port) of the hub API as the member sees it, and the API URL as the container
+    sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device."""
+    api = urlparse(spawner.hub_connect_url or spawner.hub.api_url)
+    port = api.port or (443 if api.scheme == "https" else 80)
+    inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port}", path=urlparse(spawner.hub.api_url).path))
+    return api.hostname or "127.0.0.1", port, inside
+
+
+def container_env(spawner, api_url_inside: str) -> dict[str, str]:
+    env = spawner.get_env()
+    env["JUPYTERHUB_API_URL"] = api_url_inside
+    env["JUPYTERHUB_ACTIVITY_URL"] = "/".join(
+        [api_url_inside.rstrip("/"), "users", getattr(spawner.user, "escaped_name", spawner.user.name), "activity"]
+    )
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _disks(spawner, uid: int, gid: int) -> list[dict]:
+    shift = spawner.mount_idmap == "shift" and not spawner.privileged_container
+    disks = config_inputs.mounts(spawner.filesystems_to_mount, spawner.expand, shift)
+    for d in disks:  # existence was checked by preflight
+        if spawner.create_mount_dirs and not os.path.exists(d["source"]):
+            os.makedirs(d["source"], mode=0o750)
+            os.chown(d["source"], uid, gid)
+    return disks
+
+
+def _instance_config(spawner, uid: int, gid: int) -> dict[str, str]:
+    config = {}
+    if spawner.filesystems_to_mount and spawner.mount_idmap == "raw.idmap" and not spawner.privileged_container:
+        if not spawner.remote_endpoint:  # the daemon is on this host: check it is allowed, with a way out
+            config_inputs.check_subid_allowed(uid, gid)
+        config["raw.idmap"] = f"uid {uid} {uid}\ngid {gid} {gid}"
+    return config
+
+
+async def extra_inputs(spawner) -> dict:
+    """module_variables, refused when they would override an input the spawner owns."""
+    extra = spawner.module_variables
+    if callable(extra):
+        extra = await maybe_future(extra(spawner))
+    extra = dict(extra or {})
+    owned = sorted(set(extra) & set(OWNED_INPUTS))
+    if owned:
+        how = "; ".join(f"{k}: {OWNED_INPUTS[k]}" for k in owned)
+        raise SpawnError(f"module_variables may not set {', '.join(owned)}: the spawner sets "
+                         f"{'it' if len(owned) == 1 else 'them'} itself (use instead: {how})")
+    return extra
+
+
+async def module_inputs(spawner, plan, listen_address: str, listen_port: int | None) -> dict:
+    """Every input of the module for this start (`plan`: what preflight checked, where it goes)."""
+    uid, gid = plan.ids
+    hub_host, hub_port, _ = hub_address(spawner)
+    hub_host = await asyncio.to_thread(resolve, hub_host)  # a proxy device connects to an address
+    found = {
+        "name": spawner.instance,
+        "image": spawner.chosen_image,
+        "target": plan.target,
+        "profiles": list(spawner.lxd_profiles),
+        "user": {**spawner.account, "uid": uid, "gid": gid},
+        "server_cmd": list(spawner.cmd) + list(spawner.get_args()),
+        "server_port": spawner.server_port,
+        "connect_via": spawner.connect_via,
+        "listen_address": listen_address,
+        "listen_port": listen_port,
+        "hub_address": hub_host,
+        "hub_port": hub_port,
+        "files": plan.files,
+        "disks": await asyncio.to_thread(_disks, spawner, uid, gid),
+        "limits": config_inputs.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
+                                       spawner.container_cpu_share),
+        "privileged": bool(spawner.privileged_container),
+        "config": await asyncio.to_thread(_instance_config, spawner, uid, gid),
+        "labels": {"user": spawner.user.name, "server": spawner.name or "",
+                   "workspace": str(spawner.workspace_dir().path), "hub_id": plan.hub_id},
+    }
+    if not spawner.backend_info.provider_files:  # the LXD provider cannot write files into Incus instances
+        found["files_via_provider"] = False
+    found.update(await extra_inputs(spawner))
+    return found

@@ -1,0 +1,120 @@
+"""Preflight: check configuration, the user's choices and the systems before a start makes
+anything, so a refused spawn leaves no workspace, no instance and no port behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+from jupyterhub.utils import maybe_future
+
+from . import audit, backends, lxd
+from . import inputs as config_inputs
+from .errors import SpawnError
+from .inputs import ConfigError
+from .module_inputs import extra_inputs, hub_address
+from .ports import is_loopback, is_this_host, resolve
+
+
+@dataclass
+class Plan:
+    """What preflight checked and expanded for one start, and (after placement) where it goes."""
+    files: list[dict] = field(default_factory=list)
+    prepare_cmds: list[list[str]] = field(default_factory=list)
+    post_cmds: list[list[str]] = field(default_factory=list)
+    ids: tuple[int, int] = (1000, 1000)
+    members: list[lxd.Member] = field(default_factory=list)
+    hub_id: str = ""
+    target: str | None = None
+
+
+async def run(spawner) -> Plan:
+    """Every check, in the order a user would want the first problem named."""
+    plan = Plan()
+    try:
+        spawner.chosen_image = config_inputs.chosen_image(
+            spawner.allowed_images, (spawner.user_options or {}).get("image"), spawner.image)
+        plan.files = await asyncio.to_thread(config_inputs.pushed_files, spawner.files_to_push, spawner.expand)
+        disks = config_inputs.mounts(spawner.filesystems_to_mount, spawner.expand, False)
+        config_inputs.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
+                             spawner.container_cpu_share)
+        plan.prepare_cmds = config_inputs.command_lists(spawner.commands_to_prepare, spawner.expand,
+                                                        "commands_to_prepare")
+        plan.post_cmds = config_inputs.command_lists(spawner.post_hub_commands, spawner.expand,
+                                                     "post_hub_commands")
+    except ConfigError as e:
+        raise SpawnError(str(e)) from None
+    if not spawner.remote_endpoint and not spawner.create_mount_dirs:
+        for d in disks:
+            if not await asyncio.to_thread(os.path.isdir, d["source"]):
+                raise SpawnError(f"filesystems_to_mount: host directory {d['source']!r} does not exist "
+                                 "(create it, or set create_mount_dirs = True)")
+    source = spawner.module_source
+    if source.startswith(("/", "./", "../")) and not await asyncio.to_thread(os.path.isdir, source):
+        raise SpawnError(f"module_source {source!r} does not exist (or is not a directory)")
+    binary = spawner.terraform_binary
+    if shutil.which(binary) is None:
+        raise SpawnError(f"terraform_path {binary!r} was not found (is it installed and on PATH?)")
+    await extra_inputs(spawner)  # refuses overrides of the spawner's own inputs
+    plan.ids = await uid_gid(spawner)  # refuses root
+    try:
+        wrong_daemon = backends.mismatch(spawner.backend_info, await audit.read_daemon(spawner),
+                                         spawner.endpoint.where)
+        if wrong_daemon:
+            raise SpawnError(wrong_daemon)
+        if not await lxd.image_exists(spawner.endpoint, spawner.chosen_image):
+            raise SpawnError(f"image {spawner.chosen_image!r} does not exist on the "
+                             f"{spawner.backend_info.display} server")
+        plan.members = await lxd.members(spawner.endpoint)
+    except lxd.LxdUnavailable as e:
+        raise SpawnError(str(e)) from None
+    await check_members_reach_hub(spawner, plan.members)
+    plan.hub_id = await spawner.owner_id()
+    return plan
+
+
+async def uid_gid(spawner) -> tuple[int, int]:
+    """The user's ids inside the container: get_uid_gid's, the hub host's account's, or 1000;
+    never root."""
+    if spawner.get_uid_gid is not None:
+        uid, gid = await maybe_future(spawner.get_uid_gid(spawner))
+        uid, gid = int(uid), int(gid)
+        if uid == 0 or gid == 0:
+            raise SpawnError(f"get_uid_gid gave uid {uid} and gid {gid} for {spawner.user.name!r}: the server "
+                             "would run as root in its container; refused")
+        return uid, gid
+    import pwd
+
+    try:
+        pw = await asyncio.to_thread(pwd.getpwnam, spawner.user.name)
+    except KeyError:
+        return 1000, 1000
+    if pw.pw_uid < 1000 or pw.pw_gid < 1000 or pw.pw_uid == 65534:
+        return 1000, 1000  # a system account of the hub host ("root", "daemon"...): not this user's
+    return pw.pw_uid, pw.pw_gid
+
+
+async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
+    """Refuse, before anything is made, a server that could land on a member other than this
+    host while the hub API is on a loopback address: the member's own loopback is not ours."""
+    host, _, _ = hub_address(spawner)
+    if not is_loopback(await asyncio.to_thread(resolve, host)):
+        return
+    if members:
+        candidates = [m for m in members if m.status == "Online" and m.name not in spawner.excluded_members]
+        remote = [f"{m.name} ({m.address})" for m in candidates
+                  if not await asyncio.to_thread(is_this_host, m.address)]
+    else:
+        address = urlparse(spawner.lxd_endpoint).hostname if spawner.remote_endpoint else "127.0.0.1"
+        here = await asyncio.to_thread(is_this_host, address)
+        remote = [] if here else [f"the {spawner.backend_info.display} server {address}"]
+    if remote:
+        api = spawner.hub_connect_url or spawner.hub.api_url
+        raise SpawnError(
+            f"servers may run on {', '.join(remote)}, which is not this hub's host, but the hub API is "
+            f"at {api}, a loopback address a container there cannot reach: set "
+            "c.Spawner.hub_connect_url (or c.JupyterHub.hub_connect_ip) to an address of the hub that "
+            "members can reach, and make the hub listen there (c.JupyterHub.hub_ip)")
