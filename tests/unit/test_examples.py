@@ -84,7 +84,7 @@ def test_custom_module_gpu_points_at_its_module():
     sp = exampleconfig.spawner("custom-module-gpu")
     module = exampleconfig.EXAMPLES / "custom-module-gpu" / "module"
     assert sp.module_source == str(module)
-    for f in ("versions.tf", "variables.tf", "main.tf", "outputs.tf", "gpu.tf", "README.md"):
+    for f in ("versions.tf", "variables.tf", "main.tf", "outputs.tf", "README.md"):
         assert (module / f).is_file(), f
 
 
@@ -99,17 +99,27 @@ def test_custom_module_gpu_is_fmt_clean_and_valid(tmp_path):
     assert '"valid": true' in out.stdout, out.stdout
 
 
+NOTEBOOK_SOURCE = "./notebook"  # a symlink: a module path may not leave its package
+
+
 def _declared(directory, kind):
     return {m for f in directory.glob("*.tf") for m in re.findall(rf'^{kind} "(\w+)"', f.read_text(), re.M)}
 
 
 def test_custom_module_gpu_accepts_the_notebook_modules_inputs_and_gives_its_outputs():
-    """The spawner passes the notebook module's inputs and reads its outputs: the copy must keep
-    every one of them (a new input of the notebook module has to be copied over)."""
+    """The spawner passes the notebook module's inputs and reads its outputs: the wrapper must
+    declare every one of them (a new input of the notebook module has to be passed on), and call
+    the notebook module itself, with the GPU profile after the operator's."""
     module = exampleconfig.EXAMPLES / "custom-module-gpu" / "module"
     assert _declared(module, "variable") == _declared(MODULE_DIR, "variable") | {"gpu", "gpu_profile_config"}
     assert _declared(module, "output") == _declared(MODULE_DIR, "output") | {"gpu_profile"}
-    assert "profiles         = concat(var.profiles, [lxd_profile.gpu.name])" in (module / "main.tf").read_text()
+    main = (module / "main.tf").read_text()
+    assert f'source = "{NOTEBOOK_SOURCE}"' in main
+    assert (module / "notebook").is_symlink()
+    assert (module / NOTEBOOK_SOURCE).resolve() == MODULE_DIR.resolve()
+    assert "profiles = concat(var.profiles, [lxd_profile.gpu.name])" in main
+    for name in _declared(MODULE_DIR, "variable"):
+        assert re.search(rf"^\s+{name}\s+= var\.{name}$", main, re.M) or name == "profiles", name
 
 
 def test_incus_with_opentofu():

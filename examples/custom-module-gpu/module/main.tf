@@ -1,128 +1,46 @@
-# A copy of tf-lxd-spawner's terraform/modules/notebook/main.tf; the one change: `profiles`
-# adds the GPU profile made in gpu.tf.
+# The notebook module, called with one change: a profile of the server's own, holding one
+# GPU-style device, is applied after the operator's profiles. The profile is made and destroyed
+# with the server (Terraform deletes the instance first, then the profile), so servers never
+# share one and no operator step is needed before the first spawn.
 
-locals {
-  conf_dir = "/etc/jupyterhub-singleuser"
+resource "lxd_profile" "gpu" {
+  name        = "${var.name}-gpu"
+  description = "GPU of the JupyterHub server ${var.name} (tf-lxd-spawner example custom-module-gpu)"
+  remote      = var.remote
+  config      = var.gpu_profile_config
 
-  # What the image's launcher reads: who to run as and what to run (an argument list, no shell).
-  spawn = {
-    user = var.user.name
-    uid  = var.user.uid
-    gid  = var.user.gid
-    home = var.user.home
-    cwd  = var.server_cwd
-    cmd  = var.server_cmd
+  device {
+    name       = "gpu"
+    type       = var.gpu.type
+    properties = var.gpu.properties
   }
-
-  spawn_file = {
-    target_path = "${local.conf_dir}/spawn.json"
-    content     = jsonencode(local.spawn)
-    source      = null
-    mode        = "0600"
-    uid         = 0
-    gid         = 0
-  }
-
-  # The environment holds the hub API token: a file of its own, 0600, owned by root.
-  environment_file = {
-    target_path = "${local.conf_dir}/env.json"
-    mode        = "0600"
-    uid         = 0
-    gid         = 0
-  }
-
-  # Every file the instance gets, in order: the operator's, then the server's own.
-  all_files = concat(var.files, [
-    local.spawn_file,
-    merge(local.environment_file, { content = jsonencode(var.server_environment), source = null }),
-  ])
-
-  proxy_devices = merge(
-    var.connect_via == "proxy" ? {
-      jupyter-server = {
-        type = "proxy"
-        properties = {
-          bind    = "host"
-          listen  = "tcp:${var.listen_address}:${var.listen_port}"
-          connect = "tcp:127.0.0.1:${var.server_port}"
-        }
-      }
-    } : {},
-    var.hub_address == null ? {} : {
-      jupyterhub-api = {
-        type = "proxy"
-        properties = {
-          bind    = "container"
-          listen  = "tcp:127.0.0.1:${var.hub_port}"
-          connect = "tcp:${var.hub_address}:${var.hub_port}"
-        }
-      }
-    },
-  )
-
-  disk_devices = {
-    for d in var.disks : d.name => {
-      type = "disk"
-      properties = merge(
-        { source = d.source, path = d.path },
-        d.readonly ? { readonly = "true" } : {},
-        d.shift ? { shift = "true" } : {},
-      )
-    }
-  }
-
-  devices = merge(local.disk_devices, var.devices, local.proxy_devices)
-
-  # LXD drops keys with empty values: leaving them out keeps the next plan from seeing a
-  # change (a change of config replaces the instance with provider v1.5.0).
-  config = { for k, v in merge(
-    var.config,
-    { for k, v in var.labels : "user.tf-lxd-spawner.${k}" => v },
-    {
-      "user.tf-lxd-spawner.managed" = "true"
-      "security.privileged"         = tostring(var.privileged)
-    },
-  ) : k => v if v != "" }
 }
 
-resource "lxd_container" "notebook" {
-  name             = var.name
-  image            = var.image
-  remote           = var.remote
-  target           = var.target
-  profiles         = concat(var.profiles, [lxd_profile.gpu.name]) # gpu.tf: the server's GPU profile, applied last
-  limits           = var.limits
-  config           = local.config
-  ephemeral        = false
-  start_container  = var.files_via_provider
-  wait_for_network = false
+module "notebook" {
+  source = "./notebook" # a symlink to terraform/modules/notebook: a module path may not leave its package
 
-  dynamic "device" {
-    for_each = local.devices
-    content {
-      name       = device.key
-      type       = device.value.type
-      properties = device.value.properties
-    }
-  }
+  profiles = concat(var.profiles, [lxd_profile.gpu.name])
 
-  dynamic "file" {
-    for_each = var.files_via_provider ? local.all_files : []
-    content {
-      target_file        = file.value.target_path
-      content            = file.value.content
-      source             = file.value.source
-      mode               = file.value.mode
-      uid                = file.value.uid
-      gid                = file.value.gid
-      create_directories = true
-    }
-  }
-
-  lifecycle {
-    precondition {
-      condition     = var.connect_via != "proxy" || var.listen_port != null
-      error_message = "connect_via = \"proxy\" needs listen_port."
-    }
-  }
+  name               = var.name
+  image              = var.image
+  remote             = var.remote
+  target             = var.target
+  user               = var.user
+  server_cmd         = var.server_cmd
+  server_cwd         = var.server_cwd
+  server_port        = var.server_port
+  server_environment = var.server_environment
+  connect_via        = var.connect_via
+  listen_address     = var.listen_address
+  listen_port        = var.listen_port
+  hub_address        = var.hub_address
+  hub_port           = var.hub_port
+  files              = var.files
+  files_via_provider = var.files_via_provider
+  disks              = var.disks
+  devices            = var.devices
+  limits             = var.limits
+  privileged         = var.privileged
+  config             = var.config
+  labels             = var.labels
 }

@@ -1,34 +1,41 @@
+# The outputs tf-lxd-spawner reads, from the notebook module, and the GPU profile's name.
+
 output "instance_name" {
   description = "Name of the LXD instance."
-  value       = lxd_container.notebook.name
+  value       = module.notebook.instance_name
 }
 
 output "location" {
-  description = "Cluster member the instance runs on (the target LXD reports; \"none\" on a standalone server)."
-  value       = coalesce(lxd_container.notebook.target, "")
+  description = "Cluster member the instance runs on."
+  value       = module.notebook.location
 }
 
 output "connect_address" {
-  description = "Address the hub connects to: the proxy device's listen address, or the instance's IPv4 address."
-  value       = var.connect_via == "proxy" ? var.listen_address : lxd_container.notebook.ipv4_address
+  description = "Address the hub connects to."
+  value       = module.notebook.connect_address
 }
 
 output "connect_port" {
-  description = "Port the hub connects to: the proxy device's listen port, or server_port on the instance's address."
-  value       = var.connect_via == "proxy" ? var.listen_port : var.server_port
+  description = "Port the hub connects to."
+  value       = module.notebook.connect_port
 }
 
 output "files" {
-  description = "The files the instance gets besides its environment (target_path, content or source, mode, uid, gid): the operator's files and the server's launch file. With files_via_provider = false the caller writes them before it starts the instance."
-  value       = concat(var.files, [local.spawn_file])
+  description = "The files the instance gets besides its environment (see the notebook module)."
+  value       = module.notebook.files
 }
 
 output "environment_file" {
-  description = "Where the server's environment goes (target_path, mode, uid, gid): with files_via_provider = false the caller writes server_environment there as a JSON object. The content is not an output: it holds the hub API token."
-  value       = local.environment_file
+  description = "Where the server's environment goes (see the notebook module)."
+  value       = module.notebook.environment_file
 }
 
 output "status" {
-  description = "Instance status reported by LXD after apply (\"Running\" when the start succeeded)."
-  value       = lxd_container.notebook.status
+  description = "Instance status reported by LXD after apply."
+  value       = module.notebook.status
+}
+
+output "gpu_profile" {
+  description = "Name of the profile that gives the instance its GPU device."
+  value       = lxd_profile.gpu.name
 }

@@ -1,249 +1,153 @@
-variable "name" {
-  description = "Name of the LXD instance. LXD allows letters, digits and hyphens, at most 63 characters, starting with a letter and not ending with a hyphen."
-  type        = string
+# The inputs tf-lxd-spawner passes, handed to the notebook module unchanged: their types,
+# defaults and validations are the notebook module's (terraform/modules/notebook/variables.tf),
+# so this module keeps up with it instead of copying it. Optional ones default as it does.
 
-  validation {
-    condition     = can(regex("^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$", var.name))
-    error_message = "The name must be 1-63 letters, digits or hyphens, start with a letter and not end with a hyphen."
-  }
+variable "name" {
+  description = "Instance name (see the notebook module)."
+  type        = any
 }
 
 variable "image" {
-  description = "Image alias or fingerprint on the LXD server (or \"remote:alias\") that has the JupyterHub single-user server and its systemd unit."
-  type        = string
-
-  validation {
-    condition     = length(trimspace(var.image)) > 0
-    error_message = "The image must not be empty."
-  }
+  description = "Image alias or fingerprint (see the notebook module)."
+  type        = any
 }
 
 variable "remote" {
-  description = "Name of the provider's LXD remote to create the instance on; null uses the provider's default remote."
+  description = "Provider remote to create the instance and its GPU profile on; null: the default."
   type        = string
   default     = null
 }
 
 variable "target" {
-  description = "Cluster member to create the instance on; null lets LXD choose (and is the only valid value on a standalone server)."
-  type        = string
+  description = "Cluster member (see the notebook module)."
+  type        = any
   default     = null
 }
 
 variable "profiles" {
-  description = "LXD profiles applied to the instance, in order. The default profile must provide the root disk."
+  description = "The operator's profiles; the GPU profile is applied after them."
   type        = list(string)
-  default     = ["default"]
-
-  validation {
-    condition     = alltrue([for p in var.profiles : length(trimspace(p)) > 0])
-    error_message = "Profile names must not be empty."
-  }
 }
 
 variable "user" {
-  description = "The account the single-user server runs as inside the instance. It is created at boot with this uid and gid when missing, so files in mounted directories belong to the same ids as on the host."
-  type = object({
-    name = string
-    uid  = number
-    gid  = number
-    home = string
-  })
-
-  validation {
-    condition     = can(regex("^[a-z_][a-z0-9_-]{0,31}$", var.user.name))
-    error_message = "user.name must be a valid POSIX account name: lower-case letters, digits, '_' or '-', at most 32 characters, not starting with a digit or '-'."
-  }
-  validation {
-    condition     = var.user.uid >= 0 && var.user.uid < 4294967295 && floor(var.user.uid) == var.user.uid && var.user.gid >= 0 && var.user.gid < 4294967295 && floor(var.user.gid) == var.user.gid
-    error_message = "user.uid and user.gid must be whole numbers between 0 and 4294967294."
-  }
-  validation {
-    condition     = startswith(var.user.home, "/")
-    error_message = "user.home must be an absolute path."
-  }
+  description = "The user's account in the container (see the notebook module)."
+  type        = any
 }
 
 variable "server_cmd" {
-  description = "Command line of the single-user server as an argument list (no shell). It must listen on 127.0.0.1:server_port inside the instance."
-  type        = list(string)
-  default     = ["jupyterhub-singleuser"]
-
-  validation {
-    condition     = length(var.server_cmd) > 0 && length(var.server_cmd[0]) > 0
-    error_message = "server_cmd must name at least a program."
-  }
+  description = "The single-user server's command (see the notebook module)."
+  type        = any
 }
 
 variable "server_cwd" {
-  description = "Working directory of the single-user server; null means the user's home."
-  type        = string
+  description = "The server's working directory (see the notebook module)."
+  type        = any
   default     = null
 }
 
 variable "server_port" {
-  description = "TCP port the single-user server listens on inside the instance."
-  type        = number
-  default     = 8888
-
-  validation {
-    condition     = var.server_port >= 1 && var.server_port <= 65535 && floor(var.server_port) == var.server_port
-    error_message = "server_port must be a TCP port number (1-65535)."
-  }
+  description = "The server's port inside the container (see the notebook module)."
+  type        = any
 }
 
 variable "server_environment" {
-  description = "Environment of the single-user server (JUPYTERHUB_API_TOKEN among it). Written into the instance as a root-only 0600 file; pass it as data (the spawner's root module takes it as JSON text in TF_VAR_server_environment_json), never on a command line."
-  type        = map(string)
-  default     = {}
+  description = "The server's environment, API token included (see the notebook module)."
+  type        = any
   sensitive   = true
 }
 
 variable "connect_via" {
-  description = "How the hub reaches the server: \"proxy\" (an LXD proxy device listening on listen_address:listen_port of the member; needs no network in the instance) or \"instance-ip\" (the instance's own IPv4 address and server_port)."
-  type        = string
-  default     = "proxy"
-
-  validation {
-    condition     = contains(["proxy", "instance-ip"], var.connect_via)
-    error_message = "connect_via must be \"proxy\" or \"instance-ip\"."
-  }
+  description = "How the hub reaches the server (see the notebook module)."
+  type        = any
 }
 
 variable "listen_address" {
-  description = "Address on the member where the proxy device exposes the server (connect_via = \"proxy\")."
-  type        = string
-  default     = "127.0.0.1"
-
-  validation {
-    condition     = can(cidrhost("${var.listen_address}/32", 0)) || can(cidrhost("${var.listen_address}/128", 0))
-    error_message = "listen_address must be an IPv4 or IPv6 address."
-  }
+  description = "Proxy device listen address (see the notebook module)."
+  type        = any
 }
 
 variable "listen_port" {
-  description = "Port on the member where the proxy device exposes the server (connect_via = \"proxy\"). Each server on a member needs its own."
-  type        = number
+  description = "Proxy device listen port (see the notebook module)."
+  type        = any
   default     = null
-
-  validation {
-    condition     = var.listen_port == null ? true : (var.listen_port >= 1 && var.listen_port <= 65535 && floor(var.listen_port) == var.listen_port)
-    error_message = "listen_port must be a TCP port number (1-65535)."
-  }
 }
 
 variable "hub_address" {
-  description = "Address of the hub API as seen from the member. A proxy device with bind=container makes it reachable inside the instance on 127.0.0.1:hub_port. Null adds no such device (the server then needs another route to the hub)."
-  type        = string
-  default     = "127.0.0.1"
+  description = "The hub API's address as the member sees it (see the notebook module)."
+  type        = any
 }
 
 variable "hub_port" {
-  description = "Port of the hub API, on the member and (through the proxy device) inside the instance."
-  type        = number
-  default     = 8081
-
-  validation {
-    condition     = var.hub_port >= 1 && var.hub_port <= 65535 && floor(var.hub_port) == var.hub_port
-    error_message = "hub_port must be a TCP port number (1-65535)."
-  }
+  description = "The hub API's port (see the notebook module)."
+  type        = any
 }
 
 variable "files" {
-  description = "Files written into the instance before it starts. Each has target_path (absolute) and exactly one of content (inline text) or source (a path on the machine running Terraform), plus mode (octal string), uid and gid."
-  type = list(object({
-    target_path = string
-    content     = optional(string)
-    source      = optional(string)
-    mode        = optional(string, "0644")
-    uid         = optional(number, 0)
-    gid         = optional(number, 0)
-  }))
-  default = []
-
-  validation {
-    condition     = alltrue([for f in var.files : (f.content == null) != (f.source == null)])
-    error_message = "Each file needs exactly one of content or source."
-  }
-  validation {
-    condition     = alltrue([for f in var.files : startswith(f.target_path, "/")])
-    error_message = "Each file's target_path must be absolute."
-  }
-  validation {
-    condition     = alltrue([for f in var.files : can(regex("^0?[0-7]{3,4}$", f.mode))])
-    error_message = "Each file's mode must be an octal string such as \"0644\"."
-  }
-  validation {
-    condition     = alltrue([for f in var.files : f.source == null ? true : fileexists(f.source)])
-    error_message = "Each file's source must be an existing file."
-  }
+  description = "Files to write into the instance (see the notebook module)."
+  type        = any
 }
 
 variable "files_via_provider" {
-  description = "True: the provider writes every file (files, the server's launch file and environment) and starts the instance in the same apply. False: the instance is created stopped and the caller writes the files listed in the `files` output, then starts it. Needed on Incus with the LXD provider v1.5.0, whose file uploads use the /1.0/containers API that Incus removed (instance creation itself uses /1.0/instances and works)."
+  description = "Whether the provider writes the files (see the notebook module)."
   type        = bool
   default     = true
 }
 
 variable "disks" {
-  description = "Host directories mounted into the instance: name (device name), source (host path on the member), path (inside the instance), readonly, and shift (an idmapped mount, so ids inside an unprivileged instance are the same ids on the host)."
-  type = list(object({
-    name     = string
-    source   = string
-    path     = string
-    readonly = optional(bool, false)
-    shift    = optional(bool, false)
-  }))
-  default = []
-
-  validation {
-    condition     = alltrue([for d in var.disks : can(regex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", d.name))])
-    error_message = "Disk names must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit."
-  }
-  validation {
-    condition     = alltrue([for d in var.disks : startswith(d.source, "/") && startswith(d.path, "/")])
-    error_message = "Disk source and path must be absolute paths."
-  }
-  validation {
-    condition     = length(distinct([for d in var.disks : d.name])) == length(var.disks)
-    error_message = "Disk names must be unique."
-  }
+  description = "Host directories to mount (see the notebook module)."
+  type        = any
 }
 
 variable "devices" {
-  description = "Extra LXD devices by name (a GPU, a unix-char device, another disk...): each a type and its properties, passed to LXD as they are."
-  type = map(object({
-    type       = string
-    properties = map(string)
-  }))
-  default = {}
+  description = "Extra devices of the instance itself (see the notebook module)."
+  type        = any
+  default     = {}
 }
 
 variable "limits" {
-  description = "LXD limits.* keys without the prefix, e.g. { memory = \"2147483648\", cpu = \"2\", \"cpu.allowance\" = \"50%\", processes = \"500\" }."
-  type        = map(string)
-  default     = {}
+  description = "Resource limits (see the notebook module)."
+  type        = any
 }
 
 variable "privileged" {
-  description = "Run the instance privileged (security.privileged). Unprivileged instances are much safer; only set this when pushed /etc/passwd or mounts need host ids unmapped."
-  type        = bool
-  default     = false
+  description = "Privileged container (see the notebook module)."
+  type        = any
 }
 
 variable "config" {
-  description = "Extra instance config keys passed to LXD as they are (e.g. { \"security.nesting\" = \"true\" })."
-  type        = map(string)
-  default     = {}
+  description = "Extra instance config keys (see the notebook module)."
+  type        = any
 }
 
 variable "labels" {
-  description = "Labels recorded on the instance as user.tf-lxd-spawner.<key> config keys (owner, server...), so operators and the spawner can recognise the instances it manages."
-  type        = map(string)
-  default     = {}
+  description = "The spawner's ownership labels (see the notebook module)."
+  type        = any
+}
+
+# ---- this module's own inputs (through c.LxdSpawner.module_variables) -----------------------
+
+variable "gpu" {
+  description = "The device the GPU profile gives the instance, as LXD takes it: a type and its properties. The default is a stand-in that works on any host without a GPU (the host's /dev/null, a character device, appears as /dev/gpu-standin). On a GPU host: { type = \"gpu\", properties = { gputype = \"physical\" } } (all GPUs), or with id, pci, vendorid or productid to pick one."
+  type = object({
+    type       = string
+    properties = map(string)
+  })
+  default = {
+    type = "unix-char"
+    properties = {
+      source = "/dev/null"
+      path   = "/dev/gpu-standin"
+    }
+  }
 
   validation {
-    condition     = alltrue([for k, _ in var.labels : can(regex("^[a-z0-9][a-z0-9._-]*$", k))])
-    error_message = "Label keys must be lower-case letters, digits, '.', '_' or '-'."
+    condition     = contains(["gpu", "unix-char", "unix-block"], var.gpu.type)
+    error_message = "gpu.type must be \"gpu\", \"unix-char\" or \"unix-block\"."
   }
+}
+
+variable "gpu_profile_config" {
+  description = "Config keys of the GPU profile, e.g. { \"nvidia.runtime\" = \"true\" } to pass the host's NVIDIA user-space libraries into the instance."
+  type        = map(string)
+  default     = {}
 }
