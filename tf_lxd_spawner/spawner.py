@@ -20,7 +20,7 @@ from pathlib import Path
 from jupyterhub.spawner import Spawner
 from markupsafe import escape
 from traitlets import (Any, Bool, Callable, Dict, Enum, Float, Int, List, TraitError, Tuple, Unicode, Union, default,
-                       validate)
+                       observe, validate)
 
 from . import inputs as config_inputs
 from . import backends, lxd, metrics, naming, preflight, recovery, starting, stopping
@@ -75,6 +75,19 @@ class LxdSpawner(Spawner):
         help="""Run containers privileged (security.privileged). Only needed when pushed
         /etc/passwd or mounts must see host ids unmapped; unprivileged is much safer.""",
     ).tag(config=True)
+
+    privileged_containers = Bool(
+        None,
+        allow_none=True,
+        help="""The name the seed project's README gives privileged_container (plural): set,
+        it sets privileged_container, so a configuration written from that README keeps
+        working. Prefer privileged_container.""",
+    ).tag(config=True)
+
+    @observe("privileged_containers")
+    def _seed_privileged_name(self, change):
+        if change.new is not None:
+            self.privileged_container = change.new
 
     process_limit = Int(
         0,

@@ -35,9 +35,10 @@ c.ConfigurableHTTPProxy.pid_file = os.path.join(work, "proxy.pid")
 c.LxdSpawner.image = 'jupyter-notebook'
 c.LxdSpawner.files_to_push = [['/etc/passwd', '/etc/passwd'], ['/etc/group', '/etc/group']]
 c.LxdSpawner.filesystems_to_mount = [['home', homes + '/{username}', '/home/{username}']]
-# The seed: pushing /etc/passwd "requires the privileged containers option": the host's uids are
-# then the container's, so a home written inside belongs to the same uid on the host.
-c.LxdSpawner.privileged_container = True
+# The seed: pushing /etc/passwd "requires the `privileged_containers` option set to `True`" (its
+# name for privileged_container, which it sets): the host's uids are then the container's, so a
+# home written inside belongs to the same uid on the host.
+c.LxdSpawner.privileged_containers = True
 
 # ---- Not in the seed -------------------------------------------------------------------------
 # Make a missing <homes>/<user> on the first spawn (owned by the user's uid, mode 0750). Drop it
