@@ -3,6 +3,10 @@
     tf-lxd-spawner list     [--state-dir D | -f jupyterhub_config.py]
     tf-lxd-spawner audit    [--user U] ...
     tf-lxd-spawner orphans  [--destroy] [--json] ...   exit 0: none found (or all cleaned), 1: found
+    tf-lxd-spawner doctor   [--json]                    exit 0: every check passed, 1: one failed
+
+-f reads the settings of jupyterhub_config.py, as the hub would (defaults and validation are
+the spawner's own); options on the command line override them.
 """
 
 from __future__ import annotations
@@ -13,38 +17,72 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import urlparse, urlunparse
 
-from . import backends, lxd, orphans
+from . import backends, doctor, lxd, orphans
 from .terraform import TerraformRunner, pick_binary
 from .workspace import StateUnreadable, Workspace
 
 SETTINGS = ("state_dir", "backend", "lxd_endpoint", "lxd_cert", "lxd_key", "lxd_verify", "terraform_path",
             "terraform_cli_config", "orphan_grace_period", "lxd_timeout")
+DEFAULT_HUB_API = "http://127.0.0.1:8081/hub/api"
 
 
-def _hub_settings(path: str | None) -> dict:
-    """The LxdSpawner settings of a jupyterhub_config.py (only plain values are read)."""
-    if not path:
-        return {}
+def _load_config(path: str | None):
+    from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 
-    cfg = PyFileConfigLoader(os.path.basename(path), os.path.dirname(os.path.abspath(path))).load_config()
-    section = cfg.get("LxdSpawner", {})
-    return {k: section[k] for k in SETTINGS if k in section}
+    if not path:
+        return Config()
+    return PyFileConfigLoader(os.path.basename(path), os.path.dirname(os.path.abspath(path))).load_config()
 
 
-def _settings(args) -> dict:
-    settings = {"state_dir": "tf-lxd-spawner-state", "backend": "lxd", "lxd_endpoint": "", "lxd_cert": "",
-                "lxd_key": "", "lxd_verify": True, "terraform_path": "", "terraform_cli_config": "",
-                "orphan_grace_period": orphans.DEFAULT_GRACE, "lxd_timeout": 60.0}
-    settings.update(_hub_settings(args.config))
+def _hub(cfg):
+    """The hub's own address object, from the JupyterHub settings the way JupyterHub makes it
+    (hub_ip, hub_port, hub_bind_url, base_url, hub_connect_ip, hub_connect_url), without
+    importing the whole hub application."""
+    from jupyterhub.objects import Hub
+    from jupyterhub.utils import url_path_join
+
+    jh = cfg.get("JupyterHub", {})
+    prefix = jh.get("hub_prefix") or url_path_join(jh.get("base_url", "/"), "/hub/")
+    if jh.get("hub_bind_url"):
+        hub = Hub(bind_url=urlunparse(urlparse(jh["hub_bind_url"])._replace(path=prefix)), base_url=prefix)
+    else:
+        hub = Hub(ip=jh.get("hub_ip", "127.0.0.1"), port=int(jh.get("hub_port", 8081)), base_url=prefix)
+    if jh.get("hub_connect_ip"):
+        hub.connect_ip = jh["hub_connect_ip"]
+    if jh.get("hub_connect_port"):
+        hub.connect_port = int(jh["hub_connect_port"])
+    if jh.get("hub_connect_url"):
+        hub.connect_url = urlunparse(urlparse(jh["hub_connect_url"])._replace(path=prefix))
+    if jh.get("internal_ssl"):
+        hub.proto = "https"
+    return hub
+
+
+def spawner_from(args):
+    """An LxdSpawner configured as the hub would configure it (jupyterhub_config.py, then the
+    command line's options), for a stand-in user: its traits are the settings, with the
+    spawner's own defaults and validation."""
+    from . import LxdSpawner
+
+    cfg = _load_config(args.config)
     for key in SETTINGS:
         value = getattr(args, key, None)
-        if value is not None:
-            settings[key] = value
-    if isinstance(settings["lxd_verify"], str) and settings["lxd_verify"].lower() in ("true", "false"):
-        settings["lxd_verify"] = settings["lxd_verify"].lower() == "true"
-    return settings
+        if value is None:
+            continue
+        if key == "lxd_verify" and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        cfg.LxdSpawner[key] = value
+    user = SimpleNamespace(name="doctor", url="/user/doctor/", escaped_name="doctor", state=None)
+    orm_spawner = SimpleNamespace(name="", server=None, state=None)
+    return LxdSpawner(config=cfg, user=user, hub=_hub(cfg), orm_spawner=orm_spawner)
+
+
+def _settings(spawner) -> dict:
+    return {key: getattr(spawner, key) for key in SETTINGS}
 
 
 def _workspaces(state_dir: Path):
@@ -101,6 +139,21 @@ def cmd_orphans(args, settings) -> int:
     return 1 if found else 0
 
 
+def cmd_doctor(args, spawner) -> int:
+    def say(check):
+        if not args.json:
+            print(check.line(), flush=True)
+
+    try:
+        results = asyncio.run(doctor.run(spawner, say))
+    except KeyboardInterrupt:  # its throwaway instances and scratch directories are already removed
+        print("doctor: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(doctor.as_json(results))
+    return 1 if any(r.status == "fail" for r in results) else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tf-lxd-spawner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,9 +171,17 @@ def main(argv=None) -> int:
         orph.add_argument(f"--{name}", dest=name.replace("-", "_"))
     orph.add_argument("--grace", dest="orphan_grace_period", type=float,
                       help=f"leave instances younger than this many seconds alone (default {orphans.DEFAULT_GRACE:g})")
+    doc = sub.add_parser("doctor", help="check this host is ready to spawn: one line per check, with the fix")
+    doc.add_argument("--json", action="store_true", help="print the checks as JSON")
     args = parser.parse_args(argv)
-    settings = _settings(args)
-    return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans}[args.command](args, settings)
+    try:
+        spawner = spawner_from(args)
+    except Exception as e:  # a config file that does not load, or a setting the spawner refuses
+        print(f"error: {args.config or 'settings'}: {e}", file=sys.stderr)
+        return 2
+    if args.command == "doctor":
+        return cmd_doctor(args, spawner)
+    return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans}[args.command](args, _settings(spawner))
 
 
 if __name__ == "__main__":
