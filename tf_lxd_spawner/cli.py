@@ -3,7 +3,7 @@
     tf-lxd-spawner list     [--state-dir D | -f jupyterhub_config.py]
     tf-lxd-spawner audit    [--user U] ...
     tf-lxd-spawner orphans  [--destroy] [--json] ...   exit 0: none found (or all cleaned), 1: found
-    tf-lxd-spawner doctor   [--json]                    exit 0: every check passed, 1: one failed
+    tf-lxd-spawner doctor   [--json] [--lxd-endpoint E ...]  exit 0: every check passed, 1: one failed
 
 -f reads the settings of jupyterhub_config.py, as the hub would (defaults and validation are
 the spawner's own); options on the command line override them.
@@ -154,6 +154,13 @@ def cmd_doctor(args, spawner) -> int:
     return 1 if any(r.status == "fail" for r in results) else 0
 
 
+def _daemon_options(parser) -> None:
+    """Overrides of the config file's daemon and Terraform settings."""
+    parser.add_argument("--backend", choices=sorted(backends.BACKENDS), help="the daemon: lxd (default) or incus")
+    for name in ("lxd-endpoint", "lxd-cert", "lxd-key", "lxd-verify", "terraform-path", "terraform-cli-config"):
+        parser.add_argument(f"--{name}", dest=name.replace("-", "_"))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tf-lxd-spawner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,13 +173,12 @@ def main(argv=None) -> int:
     orph = sub.add_parser("orphans", help="instances no workspace owns, workspaces whose instance is gone")
     orph.add_argument("--destroy", action="store_true", help="delete orphan instances, clear stale workspaces")
     orph.add_argument("--json", action="store_true", help="print the report as JSON")
-    orph.add_argument("--backend", choices=sorted(backends.BACKENDS), help="the daemon: lxd (default) or incus")
-    for name in ("lxd-endpoint", "lxd-cert", "lxd-key", "lxd-verify", "terraform-path", "terraform-cli-config"):
-        orph.add_argument(f"--{name}", dest=name.replace("-", "_"))
+    _daemon_options(orph)
     orph.add_argument("--grace", dest="orphan_grace_period", type=float,
                       help=f"leave instances younger than this many seconds alone (default {orphans.DEFAULT_GRACE:g})")
     doc = sub.add_parser("doctor", help="check this host is ready to spawn: one line per check, with the fix")
     doc.add_argument("--json", action="store_true", help="print the checks as JSON")
+    _daemon_options(doc)
     args = parser.parse_args(argv)
     try:
         spawner = spawner_from(args)

@@ -96,7 +96,8 @@ c.LxdSpawner.terraform_cli_config = "{CACHE / 'terraform' / 'cli.tfrc'}"
 
 
 def run_doctor(config, scratch, *options, text=False):
-    argv = [CLI, "-f", str(config), *options, "doctor"] + ([] if text else ["--json"])
+    """`tf-lxd-spawner -f config <options>`; options name the command ("doctor" when empty)."""
+    argv = [CLI, "-f", str(config), *(options or ["doctor"])] + ([] if text else ["--json"])
     env = dict(os.environ, TMPDIR=str(scratch))
     t0 = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
@@ -108,12 +109,12 @@ def doctor_instances(*clients) -> list[str]:
     return [i.name for c in clients for i in c.instances.all() if i.name.startswith(doctor.PROBE_PREFIX)]
 
 
-# case -> (config lines, doctor options, the check that fails, text in its detail, text in its fix)
+# case -> (config lines, command line after -f, the check that fails, text in its detail, text in its fix)
 BROKEN = {
     "daemon-socket-missing": ('c.LxdSpawner.lxd_endpoint = "{work}/no-daemon/unix.socket"', (),
                               "daemon", "does not exist", "start LXD"),
-    "daemon-https-closed": ('c.LxdSpawner.lxd_endpoint = "https://127.0.0.1:{closed}"\nc.LxdSpawner.lxd_timeout = 5.0',
-                            (), "daemon", "not reachable at https://127.0.0.1:", "core.https_address"),
+    "daemon-https-closed": ("c.LxdSpawner.lxd_timeout = 5.0", ("doctor", "--lxd-endpoint", "https://127.0.0.1:{closed}"),
+                            "daemon", "not reachable at https://127.0.0.1:", "core.https_address"),
     "image-missing": ('c.LxdSpawner.allowed_images = {{"Jupyter": "{image}", "Other": "no-such-image"}}', (),
                       "image", "'no-such-image' missing on the LXD server", "image import"),
     "terraform-missing": ('c.LxdSpawner.terraform_path = "{work}/bin/terraform"', (), "terraform",
@@ -128,7 +129,7 @@ BROKEN = {
                       f"uid {UNMAPPED_ID} and gid {UNMAPPED_ID}", f"add 'root:{UNMAPPED_ID}:1' in /etc/subuid and "
                       f"'root:{UNMAPPED_ID}:1' in /etc/subgid, then restart LXD"),
     "state-dir-world-writable": ("", (), "state_dir", "has mode 0777", "chmod 0700 {work}/state"),
-    "state-dir-missing": ("", ("--state-dir", "{work}/missing"), "state_dir", "{work}/missing does not exist",
+    "state-dir-missing": ("", ("--state-dir", "{work}/missing", "doctor"), "state_dir", "{work}/missing does not exist",
                           "install -d -m 0700 -o root {work}/missing"),
     "ports-taken": ("c.LxdSpawner.proxy_port_range = ({low}, {high})", (), "ports", "0 of 3 free on 127.0.0.1",
                     "widen c.LxdSpawner.proxy_port_range"),
