@@ -38,9 +38,10 @@ from .workspace import SECRET_INPUTS, Workspace, render_root
 
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
-#: Oldest releases the runner works with: it runs `init -json`, which Terraform has since
-#: 1.9.0 and OpenTofu since 1.7.0. The module's own required_version is checked as well.
-MIN_VERSION = {"Terraform": (1, 9, 0), "OpenTofu": (1, 7, 0)}
+#: Oldest releases the spawner works with: the module's optional object attributes need
+#: Terraform 1.3; OpenTofu's first release is 1.6 (before 1.9, `init` runs without -json). The
+#: module's own required_version is checked as well.
+MIN_VERSION = {"Terraform": (1, 3, 0), "OpenTofu": (1, 6, 0)}
 #: Throwaway instances of the hub check are named so; nothing else uses the prefix.
 PROBE_PREFIX = "tf-lxd-doctor-"
 INIT_TIMEOUT = 300.0
@@ -217,7 +218,7 @@ async def check_terraform(ctx: Context) -> Check:
     configured = ctx.spawner.terraform_path
     binary = pick_binary(configured)
     found = shutil.which(binary)
-    install = ("install Terraform (>= 1.9) or OpenTofu (>= 1.7), or set c.LxdSpawner.terraform_path to the "
+    install = ("install Terraform (>= 1.3) or OpenTofu (>= 1.6), or set c.LxdSpawner.terraform_path to the "
                "binary's path")
     if found is None:
         said = f"terraform_path {configured!r}" if configured else "neither terraform nor tofu"
@@ -236,7 +237,7 @@ async def check_terraform(ctx: Context) -> Check:
     detail = f"{kind} {version_text} ({found})"
     if version < floor:
         return fail(name, f"{detail} is too old: the spawner needs {kind} >= {'.'.join(map(str, floor))} "
-                    "(it runs `init -json`)", install)
+                    "(the module's optional object attributes)", install)
     if required and not satisfies(version, required):
         return fail(name, f"{detail} does not satisfy the module's required_version {required!r}", install)
     ctx.binary = found

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import functools
+import io
 import json
 import os
 import shutil
@@ -30,6 +31,11 @@ Event = dict
 EventCallback = Callable[[Event], None]
 
 _gates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: What Terraform before 1.9 answers to `init -json` (its usage text, or Go's flag error); the
+#: binaries that answered so, once per process.
+NO_INIT_JSON = ("init [options]", "flag provided but not defined: -json")
+_INIT_WITHOUT_JSON: set[str] = set()
 
 
 def concurrency_gate(limit: int) -> asyncio.Semaphore:
@@ -155,7 +161,7 @@ class TerraformRunner:
         elif command == "plan":
             argv += ["-input=false", "-json", "-lock-timeout=120s"]
         elif command == "init":
-            argv += ["-input=false", "-json"]
+            argv += ["-input=false"] + ([] if self.binary in _INIT_WITHOUT_JSON else ["-json"])
         elif command == "version":
             argv += ["-json"]
         return argv + list(args)
@@ -175,7 +181,16 @@ class TerraformRunner:
         `env` is where secrets go (TF_VAR_*): never into argv, which every local user can read.
         """
         async with metrics.terraform_slot(self.gate, command):
-            return await self._run(command, args, cwd, env, on_event, log_path, check)
+            try:
+                return await self._run(command, args, cwd, env, on_event, log_path, check)
+            except TerraformError as e:
+                if (command != "init" or self.binary in _INIT_WITHOUT_JSON
+                        or not any(marker in e.stderr for marker in NO_INIT_JSON)):
+                    raise
+                # Terraform before 1.9 has no `init -json`: its init speaks text (the run log
+                # keeps it; errors come from stderr), every other command still -json.
+                _INIT_WITHOUT_JSON.add(self.binary)
+                return await self._run(command, args, cwd, env, on_event, log_path, check)
 
     async def _run(self, command, args, cwd, env, on_event, log_path, check) -> RunResult:
         """Streaming commands write their events straight into the run log (not a pipe) and are
@@ -190,6 +205,7 @@ class TerraformRunner:
             scratch.close()
             log_path = scratch.name
         out_fd = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) if streaming else None
+        offset = os.fstat(out_fd).st_size if out_fd is not None else 0  # this run's events start here
         err_file = tempfile.TemporaryFile()
         try:
             try:
@@ -215,7 +231,7 @@ class TerraformRunner:
             stdout = ""
             try:
                 if streaming:
-                    await self._follow(proc, log_path, events, on_event)
+                    await self._follow(proc, log_path, offset, events, on_event)
                     returncode = proc.returncode
                 else:
                     out, _ = await proc.communicate()
@@ -237,10 +253,14 @@ class TerraformRunner:
             raise TerraformError(command, returncode, diagnostic_errors(events), stderr)
         return result
 
-    async def _follow(self, proc, log_path, events: list[Event], on_event: EventCallback | None) -> None:
-        """Hand each complete event line of the log to on_event until the process has exited."""
+    async def _follow(self, proc, log_path, offset: int, events: list[Event],
+                      on_event: EventCallback | None) -> None:
+        """Hand each complete event line this run adds to the log (from `offset`) to on_event
+        until the process has exited."""
         pending = ""
-        with open(log_path, encoding="utf-8", errors="replace") as log:
+        with open(log_path, "rb") as raw:
+            raw.seek(offset)
+            log = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
             while True:
                 exited = proc.returncode is not None
                 chunk = await asyncio.to_thread(log.read)

@@ -118,9 +118,9 @@ BROKEN = {
     "image-missing": ('c.LxdSpawner.allowed_images = {{"Jupyter": "{image}", "Other": "no-such-image"}}', (),
                       "image", "'no-such-image' missing on the LXD server", "image import"),
     "terraform-missing": ('c.LxdSpawner.terraform_path = "{work}/bin/terraform"', (), "terraform",
-                          "was not found", "install Terraform (>= 1.9) or OpenTofu (>= 1.7)"),
+                          "was not found", "install Terraform (>= 1.3) or OpenTofu (>= 1.6)"),
     "terraform-too-old": ('c.LxdSpawner.terraform_path = "{work}/old/terraform"', (), "terraform",
-                          "1.8.5 (", "install Terraform (>= 1.9)"),
+                          "1.2.9 (", "install Terraform (>= 1.3)"),
     "mirror-empty": ('c.LxdSpawner.terraform_cli_config = "{work}/empty.tfrc"', (), "module",
                      "the provider is not installable", "provider_installation ({work}/empty.tfrc)"),
     "subid-missing": (f"""c.LxdSpawner.filesystems_to_mount = [["home", "{{work}}/homes/{{{{username}}}}", "/mnt/home"]]
@@ -165,7 +165,7 @@ def prepare(case: str, work, hub_port, held: list):
     if case == "terraform-too-old":
         (work / "old").mkdir()
         fake = work / "old" / "terraform"
-        fake.write_text('#!/bin/sh\necho \'{"terraform_version": "1.8.5", "platform": "linux_amd64"}\'\n')
+        fake.write_text('#!/bin/sh\necho \'{"terraform_version": "1.2.9", "platform": "linux_amd64"}\'\n')
         fake.chmod(0o755)
     if case == "mirror-empty":
         (work / "mirror").mkdir()
@@ -245,7 +245,7 @@ def test_broken_setup_fails_its_check_with_the_fix(reports, case):
     assert detail.format(**fill) in checks[failing]["detail"], checks[failing]
     assert fix.format(**fill) in checks[failing]["fix"], checks[failing]
     if case == "terraform-too-old":
-        assert "is too old: the spawner needs Terraform >= 1.9.0" in checks[failing]["detail"]
+        assert "is too old: the spawner needs Terraform >= 1.3.0" in checks[failing]["detail"]
     for name, check in checks.items():
         if name == failing:
             continue

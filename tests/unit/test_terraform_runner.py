@@ -22,6 +22,9 @@ print(json.dumps({"type": "version", "argv": sys.argv[1:], "secret_in_env": "TF_
 if mode == "fail":
     print(json.dumps({"type": "diagnostic", "diagnostic": {"severity": "error", "summary": "Boom", "detail": "it broke"}}), flush=True)
     sys.exit(1)
+if mode == "old-init" and sys.argv[1] == "init" and "-json" in sys.argv:
+    print("Usage: terraform [global options] init [options]", file=sys.stderr)  # Terraform 1.8.5's answer
+    sys.exit(1)
 if mode == "slow":
     time.sleep(30)
 if mode == "busy":
@@ -146,3 +149,20 @@ def test_a_failing_version_probe_never_raises(tmp_path):
         return await TerraformRunner(str(tmp_path / "gone")).version()
 
     assert asyncio.run(go()) == {}
+
+
+async def test_init_without_json_for_terraform_before_1_9(tmp_path, fake):
+    """Terraform 1.5-1.8 (1.5.7 is the last MPL release, widely kept) has no `init -json`: init
+    runs again without it, and that binary's later inits skip it; other commands keep -json."""
+    log = tmp_path / "init.log"
+    runner = TerraformRunner(fake, env={"FAKE_MODE": "old-init"})
+    assert "-json" in runner.argv("init")
+    result = await runner.run("init", cwd=tmp_path, log_path=log)
+    assert result.returncode == 0
+    assert "-json" not in runner.argv("init") and "-json" in runner.argv("apply")
+    assert [e["argv"] for e in result.events] == [["init", "-input=false"]]
+    await runner.run("init", cwd=tmp_path, log_path=log)  # no failing first try any more
+    assert log.read_text().count('"argv"') == 3
+    failing = TerraformRunner(fake, env={"FAKE_MODE": "fail"})  # another error is not retried
+    with pytest.raises(TerraformError):
+        await failing.run("init", cwd=tmp_path, log_path=tmp_path / "fail.log")
