@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import ssl
 import stat
 import tempfile
@@ -32,7 +31,7 @@ from . import backends, lxd, preflight, provider
 from .errors import SpawnError
 from .inputs import ConfigError, check_subid_allowed, image_choices
 from .module_inputs import hub_address
-from .ports import is_this_host, resolve
+from .ports import bindable, is_this_host, resolve
 from .terraform import TerraformError, TerraformRunner, pick_binary
 from .workspace import SECRET_INPUTS, Workspace, render_root
 
@@ -361,18 +360,8 @@ async def check_state_dir(ctx: Context) -> Check:
     return ok(name, f"{path}, mode {mode:04o}, owned by {user}{note}")
 
 
-def _bindable(address: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((address, port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_ports(address: str, low: int, high: int) -> int:
-    return sum(_bindable(address, p) for p in range(low, high + 1))
+    return sum(bindable(address, p) for p in range(low, high + 1))
 
 
 async def check_ports(ctx: Context) -> Check:

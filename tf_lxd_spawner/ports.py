@@ -51,10 +51,11 @@ def is_this_host(address: str) -> bool:
         ipaddress.ip_address(address)
     except ValueError:
         return False
-    return _bindable(address, 0)
+    return bindable(address, 0)
 
 
-def _bindable(address: str, port: int) -> bool:
+def bindable(address: str, port: int) -> bool:
+    """Whether a TCP socket can bind address:port now (blocking)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         try:
@@ -84,7 +85,7 @@ class PortAllocator:
         if preferred:
             with self._lock:
                 free = (address, int(preferred)) not in self._taken and (
-                    not is_loopback(address) or _bindable(address, int(preferred)))
+                    not is_loopback(address) or bindable(address, int(preferred)))
                 if free:
                     self._taken.add((address, int(preferred)))
                     return int(preferred)
@@ -98,7 +99,7 @@ class PortAllocator:
             for port in candidates:
                 if (address, port) in self._taken:
                     continue
-                if check and not _bindable(address, port):
+                if check and not bindable(address, port):
                     continue
                 self._taken.add((address, port))
                 return port
