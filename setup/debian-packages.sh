@@ -6,8 +6,9 @@
 set -euo pipefail
 # strace: the tests' exec watcher (argv of every program the hub runs); iproute2 and openssl: the
 # remote-member tests (network namespaces, client certificates); golang-go only where no Go is
-# installed (OpenTofu and Terraform are built from their Go modules by setup/go-tools.sh).
-packages=(btrfs-progs lxd debootstrap busybox-static strace iproute2 openssl unzip zip)
+# installed (OpenTofu and Terraform are built from their Go modules by setup/go-tools.sh);
+# chromium and chromium-driver: the browser test drives the demo headless (tests/e2e/test_browser.py).
+packages=(btrfs-progs lxd debootstrap busybox-static strace iproute2 openssl unzip zip chromium chromium-driver)
 backports=(incus-base incus-client)
 missing=() missing_bp=()
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }

@@ -1,0 +1,343 @@
+"""The demo (`make demo`) driven by headless Chromium as a user would: log in, choose an image on
+the spawn page, watch the Terraform stages on the progress page, land in JupyterLab, run a cell
+in a new notebook, stop the server from the hub's control panel. Screenshots of each step go to
+.cache/test-output/browser/ (git-ignored), so a person can see what the user saw."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from conftest import CACHE, IMAGE, REPO
+from hubtools import Hub, shut_down
+
+pytestmark = pytest.mark.e2e
+
+USER = "webvisitor"  # container names are global to the daemon: one no other test uses
+INSTANCE = f"jupyter-{USER}"
+OUTPUT = CACHE / "test-output" / "browser"
+SPAWN_TIMEOUT = 240  # a spawn takes 15-60 s on a busy 2-core machine
+CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.path.exists(p)),
+                "/usr/bin/chromium")
+CHROMEDRIVER = "/usr/bin/chromedriver"  # Debian's chromium-driver (setup/debian-packages.sh)
+
+
+def demo_config() -> Path:
+    """The config `make demo` runs (it may live in examples/demo/ or directly in examples/)."""
+    for path in (REPO / "examples" / "demo" / "jupyterhub_config.py", REPO / "examples" / "jupyterhub_config.py"):
+        if path.is_file():
+            return path
+    raise AssertionError("no demo config under examples/")
+
+
+class DemoHub(Hub):
+    """The demo's own configuration, loaded as it is; only what would clash with a running demo
+    or another test (ports, database, state) is moved into this test's directory, and a second
+    image is offered so the spawn page has a choice to make."""
+
+    def __init__(self, workdir: Path, images: dict[str, str]):
+        self.images = images
+        super().__init__(workdir, env={
+            # What the Makefile exports to `make demo`.
+            "PATH": f"{os.environ['PATH']}:{CACHE / 'bin'}",
+            "TF_CLI_CONFIG_FILE": str(CACHE / "terraform" / "cli.tfrc"),
+        })
+
+    def _config(self, extra: str) -> str:
+        return textwrap.dedent(f"""
+            c = get_config()  # noqa
+            load_subconfig({str(demo_config())!r})
+            c.JupyterHub.port = {self.port}
+            c.JupyterHub.hub_port = {self.hub_port}
+            c.JupyterHub.db_url = "sqlite:///{self.workdir}/jupyterhub.sqlite"
+            c.JupyterHub.cookie_secret_file = "{self.workdir}/cookie_secret"
+            c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{self.proxy_api_port}"
+            c.ConfigurableHTTPProxy.pid_file = "{self.workdir}/proxy.pid"
+            c.LxdSpawner.state_dir = "{self.state_dir}"
+            c.LxdSpawner.allowed_images = {self.images!r}
+            # The test's own API client, to check what the browser did.
+            c.JupyterHub.services = [{{"name": "tester", "api_token": "{self.token}"}}]
+            c.JupyterHub.load_roles = [{{"name": "tester", "services": ["tester"],
+                "scopes": ["admin:users", "admin:servers", "read:users"]}}]
+            # Show the progress page at once rather than after 10 s, so a fast spawn is seen too.
+            c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 0}}
+            # The machine running the tests may be far busier than a demo's: the server in a
+            # container with a 10 % CPU share may need more than the demo's 90 s to answer.
+            c.Spawner.http_timeout = {SPAWN_TIMEOUT - 30}
+            c.Spawner.start_timeout = {SPAWN_TIMEOUT}
+        """)
+
+
+@pytest.fixture(scope="module")
+def second_image(lxd_client):
+    """A second alias of the notebook image: a choice the audit record can tell apart."""
+    alias = f"tf-lxd-browser-{uuid.uuid4().hex[:8]}"
+    fingerprint = lxd_client.images.get_by_alias(IMAGE).fingerprint
+    subprocess.run(["lxc", "image", "alias", "create", alias, fingerprint], check=True, capture_output=True)
+    yield alias
+    subprocess.run(["lxc", "image", "alias", "delete", alias], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, lxd_client, second_image):
+    images = {"Jupyter notebook": IMAGE, "Jupyter notebook (second image)": second_image}
+    hub = DemoHub(tmp_path_factory.mktemp("browser-hub"), images).start()
+    yield hub
+    shut_down(hub, lxd_client)
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    """Headless Chromium that reaches loopback only: no proxy, no update or sync traffic, and
+    every host name but 127.0.0.1 resolves to nothing."""
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must never try to download a driver
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # selenium and chromium talk to loopback directly
+    net_log = tmp_path / "netlog.json"  # every connection the browser made, read after it quits
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    quiet = ("Translate,MediaRouter,OptimizationHints,AutofillServerCommunication,NetworkTimeServiceQuerying,"
+             "PreconnectToSearch")  # Chromium's own services that would call out
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000",
+                 "--no-proxy-server", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--no-default-browser-check", "--disable-default-apps",
+                 "--disable-extensions", "--disable-domain-reliability", "--disable-breakpad",
+                 "--disable-client-side-phishing-detection", f"--disable-features={quiet}",
+                 "--metrics-recording-only", "--password-store=basic",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--log-net-log={net_log}"):
+        opts.add_argument(flag)
+    opts.add_experimental_option("prefs", {"credentials_enable_service": False,  # no password checks
+                                           "profile.password_manager_leak_detection": False})
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=opts)
+    driver.net_log = net_log
+    try:
+        yield driver
+    finally:
+        if driver.session_id:
+            driver.quit()
+
+
+def network_use(driver) -> dict[str, set[str]]:
+    """Quit the browser (which completes its net log), then read from the log what reached the
+    network: the addresses of TCP connections, of UDP sockets that sent bytes, the names it asked
+    DNS for, and, for information, the hosts of requests that went nowhere (Chromium's own
+    services, which the host resolver rules answer with "not found")."""
+    driver.quit()
+    driver.session_id = None
+    log = json.loads(driver.net_log.read_text())
+    names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+    tcp, udp_to, udp_sending, dns, requested = set(), {}, set(), set(), set()
+    for event in log["events"]:
+        kind, params, source = names[event["type"]], event.get("params") or {}, event["source"]["id"]
+        if kind in ("TCP_CONNECT_ATTEMPT", "TCP_CONNECT") and "address" in params:
+            tcp.add(params["address"].rsplit(":", 1)[0])
+        elif kind == "UDP_CONNECT" and "address" in params:
+            udp_to[source] = params["address"].rsplit(":", 1)[0]
+        elif kind in ("UDP_BYTES_SENT", "UDP_SEND_ERROR"):
+            udp_sending.add(source)
+        elif kind in ("DNS_TRANSACTION", "HOST_RESOLVER_SYSTEM_TASK", "HOST_RESOLVER_DNS_TASK"):
+            dns.add(params.get("hostname") or params.get("host") or "?")
+        elif kind == "URL_REQUEST_START_JOB" and "url" in params:
+            requested.add(urlsplit(params["url"]).hostname)
+    return {"tcp": tcp, "udp": {udp_to.get(s, "?") for s in udp_sending}, "dns": dns,
+            "unanswered": requested - {"127.0.0.1"}}
+
+
+def screenshot(driver, name: str) -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    path = OUTPUT / name
+    assert driver.save_screenshot(str(path)), path
+    print(f"screenshot: {path}")
+    return path
+
+
+def until(driver, condition, what: str, timeout: float = 60):
+    """WebDriverWait that says which step did not happen, where the browser was, and keeps a
+    screenshot of what it showed (failure.png)."""
+    try:
+        return WebDriverWait(driver, timeout).until(condition)
+    except TimeoutException:
+        screenshot(driver, "failure.png")
+        raise AssertionError(f"{what}: not within {timeout} s; the browser is at {driver.current_url}") from None
+
+
+def log_in(driver, hub):
+    driver.get(f"{hub.url}/hub/login")
+    until(driver, EC.visibility_of_element_located((By.ID, "username_input")), "login form").send_keys(USER)
+    driver.find_element(By.ID, "password_input").send_keys(os.environ.get("DEMO_PASSWORD", "demo"))
+    driver.find_element(By.ID, "login_submit").click()
+
+
+def choose_second_image(driver) -> str:
+    """The spawn page's options form (the user lands there after logging in): pick the second
+    image and start."""
+    select = Select(until(driver, EC.visibility_of_element_located((By.ID, "tf-lxd-image")), "image choice"))
+    names = [o.text for o in select.options]
+    assert len(names) == 2, names
+    assert select.first_selected_option.text == names[0]
+    select.select_by_index(1)
+    screenshot(driver, "spawn-form.png")
+    driver.find_element(By.CSS_SELECTOR, "#spawn_form button[type=submit]").click()
+    return names[1]
+
+
+PROGRESS_JS = """
+const bar = document.getElementById('progress-bar');
+if (!bar) return {url: location.href};
+return {url: location.href, value: bar.getAttribute('aria-valuenow'), width: bar.style.width,
+        failed: bar.classList.contains('bg-danger'),
+        log: Array.from(document.querySelectorAll('#progress-log .progress-log-event')).map(e => e.textContent)};
+"""
+
+
+def watch_progress(driver, hub) -> tuple[list[int], list[str], Path | None]:
+    """Follow the progress page until it hands over to the server; return the bar's values,
+    the event log's messages and the screenshot taken mid-way."""
+    values, messages, shot, opened = [], [], None, False
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            state = driver.execute_script(PROGRESS_JS)
+        except WebDriverException:  # the page is being replaced
+            time.sleep(0.2)
+            continue
+        if state["url"].startswith(f"{hub.url}/user/{USER}/"):
+            return values, messages, shot
+        if "value" in state:
+            if not opened:  # the user opens the event log to see the stages
+                driver.find_element(By.CSS_SELECTOR, "#progress-details summary").click()
+                opened = True
+            value = int(state["value"] or 0)
+            if value and (not values or values[-1] != value):
+                values.append(value)
+                assert state["width"] == f"{value}%", state  # the bar is drawn as wide as it says
+            messages.extend(state["log"][len(messages):])
+            assert not state["failed"], f"the spawn failed: {messages}"
+            if shot is None and 30 <= value < 88 and any(m.startswith("Applying") for m in messages):
+                shot = screenshot(driver, "progress.png")
+        time.sleep(0.2)
+    raise AssertionError(f"no JupyterLab after {SPAWN_TIMEOUT} s; progress {values}, messages {messages}")
+
+
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+FIRST_CELL = f'{NOTEBOOK} .jp-Cell[data-windowed-list-index="0"]'
+
+
+def run_cell_in_new_notebook(driver, code: str) -> tuple[str, str, int]:
+    """Launcher's Python 3 notebook card, type into the first cell, Shift+Enter; the cell's
+    prompt and output, and how many runs it took."""
+    until(driver, EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')),
+          "the launcher's notebook card", 120).click()
+    editor = until(driver, EC.element_to_be_clickable((By.CSS_SELECTOR, f"{FIRST_CELL} .cm-content")),
+                   "a notebook's cell", 120)
+    until(driver, EC.presence_of_element_located(
+        (By.CSS_SELECTOR, f'{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status="idle"]')), "an idle kernel", 120)
+    editor.click()
+    editor.send_keys(code)
+    # As a user would: run it, and run it again if it never got a prompt number. On a loaded
+    # machine JupyterLab may still be replacing the kernel's websocket when it reports the
+    # kernel idle; a cell run then is dropped without a word (its prompt stays "[ ]:").
+    for runs in range(1, 4):
+        driver.find_element(By.CSS_SELECTOR, f"{FIRST_CELL} .cm-content").click()
+        ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+        try:  # "[*]:" as soon as the request is sent
+            WebDriverWait(driver, 20).until(lambda d: prompt_of_first_cell(d) != "[ ]:")
+            break
+        except TimeoutException:
+            continue
+    until(driver, lambda d: re.fullmatch(r"\[\d+\]:", prompt_of_first_cell(d)), "the cell's prompt number", 120)
+    output = until(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, f"{FIRST_CELL} .jp-OutputArea-output")),
+                   "the cell's output", 60)
+    return prompt_of_first_cell(driver), output.text, runs
+
+
+def prompt_of_first_cell(driver) -> str:
+    return driver.find_element(By.CSS_SELECTOR, f"{FIRST_CELL} .jp-InputPrompt").text.strip()
+
+
+def stop_from_control_panel(driver, hub):
+    driver.get(f"{hub.url}/hub/home")
+    until(driver, EC.element_to_be_clickable((By.ID, "stop")), "the Stop My Server button").click()
+    until(driver, EC.text_to_be_present_in_element((By.ID, "start"), "Start My Server"), "the Start button", 120)
+    assert not driver.find_element(By.ID, "stop").is_displayed()
+    screenshot(driver, "stopped.png")
+
+
+def assert_screenshot(path: Path):
+    assert path is not None and path.is_file(), path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert path.stat().st_size > 10_000, (path, path.stat().st_size)
+
+
+def test_user_spawns_works_and_stops_in_the_browser(hub, browser, lxd_client, second_image):
+    if OUTPUT.exists():
+        shutil.rmtree(OUTPUT)  # only this run's screenshots
+    started = time.monotonic()
+    log_in(browser, hub)
+    chosen = choose_second_image(browser)
+    assert chosen == "Jupyter notebook (second image)"
+
+    values, messages, progress_png = watch_progress(browser, hub)
+    print(f"progress: {values}\nmessages:\n  " + "\n  ".join(messages))
+    assert len({v for v in values if 0 < v < 100}) >= 3, values  # the bar moved through stages
+    for expected in ("Initialising Terraform", f"Applying the notebook module for {INSTANCE}",
+                     f"Creating instance {INSTANCE}", "Waiting for the server at http://"):
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+
+    until(browser, EC.url_contains(f"/user/{USER}/lab"), "JupyterLab's address", 120)
+    until(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, ".jp-LauncherCard")), "JupyterLab's launcher",
+          120)
+    assert browser.find_element(By.ID, "jp-main-dock-panel").is_displayed()
+    lab_png = screenshot(browser, "jupyterlab.png")
+    print(f"JupyterLab after {time.monotonic() - started:.1f} s")
+
+    # The server runs in the container made from the second image (the first's files under a
+    # second alias: the audit record tells which was chosen).
+    ws = hub.state_dir / USER / "_default"
+    record = json.loads((ws / "audit.jsonl").read_text().splitlines()[-1])
+    assert (record["operation"], record["outcome"], record["image"]) == ("start", "ok", second_image), record
+    assert record["instance"] == INSTANCE
+    inst = lxd_client.instances.get(INSTANCE)
+    assert inst.status == "Running"
+    assert inst.config["user.tf-lxd-spawner.workspace"].startswith(str(hub.state_dir))
+    assert inst.config["volatile.base_image"] == lxd_client.images.get_by_alias(second_image).fingerprint
+
+    prompt, output, runs = run_cell_in_new_notebook(browser, "print(6*7)")
+    print(f"cell run {runs} time(s): {prompt} {output}")
+    assert re.fullmatch(r"\[\d\]:", prompt) and output.strip() == "42", (prompt, output)
+    notebook_png = screenshot(browser, "notebook.png")
+
+    stop_from_control_panel(browser, hub)
+    hub.wait_stopped(USER, timeout=120)
+    assert hub.api("GET", f"/users/{USER}").json()["servers"] == {}
+    assert not lxd_client.instances.exists(INSTANCE)
+    records = [json.loads(line) for line in (ws / "audit.jsonl").read_text().splitlines()]
+    assert [(r["operation"], r["outcome"]) for r in records] == [("start", "ok"), ("stop", "ok")]
+    print(f"whole flow: {time.monotonic() - started:.1f} s")
+
+    for path in (progress_png, lab_png, notebook_png):
+        assert_screenshot(path)
+    used = network_use(browser)
+    print(f"browser's network use: {used}")
+    assert used["tcp"] == {"127.0.0.1"}, used  # loopback only
+    assert used["udp"] <= {"127.0.0.1"} and not used["dns"], used
