@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.common.exceptions import (ElementClickInterceptedException, ElementNotInteractableException,
+                                        NoSuchElementException, StaleElementReferenceException, TimeoutException,
+                                        WebDriverException)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -171,14 +173,28 @@ def screenshot(driver, name: str) -> Path:
     return path
 
 
+# A page redrawing part of itself, or covering it for a moment.
+REDRAWN = (NoSuchElementException, StaleElementReferenceException, ElementNotInteractableException,
+           ElementClickInterceptedException)
+
+
 def until(driver, condition, what: str, timeout: float = 60):
     """WebDriverWait that says which step did not happen, where the browser was, and keeps a
     screenshot of what it showed (failure.png)."""
     try:
-        return WebDriverWait(driver, timeout).until(condition)
+        return WebDriverWait(driver, timeout, ignored_exceptions=REDRAWN).until(condition)
     except TimeoutException:
         screenshot(driver, "failure.png")
         raise AssertionError(f"{what}: not within {timeout} s; the browser is at {driver.current_url}") from None
+
+
+def click(driver, css: str, what: str, timeout: float = 60):
+    """Click an element found afresh, again if the page redrew it meanwhile (JupyterLab redraws
+    parts of itself while it loads and while the kernel connects)."""
+    def clicked(d):
+        d.find_element(By.CSS_SELECTOR, css).click()
+        return True
+    until(driver, clicked, what, timeout)
 
 
 def log_in(driver, hub):
@@ -246,29 +262,28 @@ FIRST_CELL = f'{NOTEBOOK} .jp-Cell[data-windowed-list-index="0"]'
 def run_cell_in_new_notebook(driver, code: str) -> tuple[str, str, int]:
     """Launcher's Python 3 notebook card, type into the first cell, Shift+Enter; the cell's
     prompt and output, and how many runs it took."""
-    until(driver, EC.element_to_be_clickable((By.CSS_SELECTOR, '.jp-LauncherCard[data-category="Notebook"]')),
-          "the launcher's notebook card", 120).click()
-    editor = until(driver, EC.element_to_be_clickable((By.CSS_SELECTOR, f"{FIRST_CELL} .cm-content")),
-                   "a notebook's cell", 120)
+    click(driver, '.jp-LauncherCard[data-category="Notebook"]', "the launcher's notebook card", 120)
     until(driver, EC.presence_of_element_located(
         (By.CSS_SELECTOR, f'{NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status="idle"]')), "an idle kernel", 120)
-    editor.click()
-    editor.send_keys(code)
+    click(driver, f"{FIRST_CELL} .cm-content", "a notebook's cell")
+    ActionChains(driver).send_keys(code).perform()
+    until(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"{FIRST_CELL} .cm-content").text == code,
+          "the code in the cell")
     # As a user would: run it, and run it again if it never got a prompt number. On a loaded
     # machine JupyterLab may still be replacing the kernel's websocket when it reports the
     # kernel idle; a cell run then is dropped without a word (its prompt stays "[ ]:").
     for runs in range(1, 4):
-        driver.find_element(By.CSS_SELECTOR, f"{FIRST_CELL} .cm-content").click()
+        click(driver, f"{FIRST_CELL} .cm-content", "the cell")
         ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
         try:  # "[*]:" as soon as the request is sent
-            WebDriverWait(driver, 20).until(lambda d: prompt_of_first_cell(d) != "[ ]:")
+            WebDriverWait(driver, 20, ignored_exceptions=REDRAWN).until(lambda d: prompt_of_first_cell(d) != "[ ]:")
             break
         except TimeoutException:
             continue
     until(driver, lambda d: re.fullmatch(r"\[\d+\]:", prompt_of_first_cell(d)), "the cell's prompt number", 120)
-    output = until(driver, EC.visibility_of_element_located((By.CSS_SELECTOR, f"{FIRST_CELL} .jp-OutputArea-output")),
+    output = until(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"{FIRST_CELL} .jp-OutputArea-output").text,
                    "the cell's output", 60)
-    return prompt_of_first_cell(driver), output.text, runs
+    return prompt_of_first_cell(driver), output, runs
 
 
 def prompt_of_first_cell(driver) -> str:
