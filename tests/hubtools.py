@@ -241,11 +241,16 @@ def shut_down(hub: "Hub", lxd_client) -> None:
         _stop_servers(hub)
     finally:
         hub.stop()
+    from pylxd.exceptions import NotFound
+
     for inst in lxd_client.instances.all():
-        if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
-            if inst.status != "Stopped":
-                inst.stop(force=True, wait=True)
-            inst.delete(wait=True)
+        try:
+            if inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(hub.state_dir)):
+                if inst.status != "Stopped":
+                    inst.stop(force=True, wait=True)
+                inst.delete(wait=True)
+        except (NotFound, AttributeError):  # gone while listed (another test's instance, deleted meanwhile)
+            continue
 
 
 def _stop_servers(hub: "Hub") -> None:
