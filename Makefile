@@ -55,7 +55,7 @@ $(CHP): | debs
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: $(VENV)/.installed
+unit: $(VENV)/.installed gotools  # gotools: terraform-config-inspect, for the module docs test
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 # tf-lxd-spawner beside a direct-API baseline through real hubs (about half an hour, nothing else
@@ -76,5 +76,5 @@ fmt:
 
 # The inputs/outputs tables in terraform/modules/notebook/README.md, from its variables and outputs
 # (tests/unit/test_module_docs.py fails while they are out of date).
-module-docs:
+module-docs: gotools
 	python3 setup/module_docs.py

@@ -3,12 +3,15 @@
 #   <cache>/bin/tofu        OpenTofu (its go.mod replaces hcl/v2, so `go install mod@ver` is
 #                           refused: download the module and build inside it)
 #   <cache>/bin/terraform   only where the machine has no `terraform` on PATH
+#   <cache>/bin/terraform-config-inspect   HashiCorp's module reader, for the module README's
+#                           inputs/outputs tables (setup/module_docs.py)
 # A binary is rebuilt only when its pinned version changes (a stamp file beside it); the Go
 # module and build caches live under <cache>/go so a second run is fast even after a bump.
 #   usage: go-tools.sh <cache-dir>
 set -euo pipefail
 cache=$(realpath -m "${1:?cache dir}")
 TOFU_VERSION=${TOFU_VERSION:-v1.10.10}
+INSPECT_VERSION=${INSPECT_VERSION:-v0.0.0-20260904064934-75d64de68c31}
 TERRAFORM_VERSION=${TERRAFORM_VERSION:-v1.8.5}  # newer go.mods replace nested modules (not in the module zip) or name a godebug Go 1.26 dropped
 bin="$cache/bin"
 mkdir -p "$bin"
@@ -39,3 +42,4 @@ build github.com/opentofu/opentofu "$TOFU_VERSION" ./cmd/tofu "$bin/tofu" versio
 if ! command -v terraform >/dev/null 2>&1 || [ "$(command -v terraform)" = "$bin/terraform" ]; then
   build github.com/hashicorp/terraform "$TERRAFORM_VERSION" . "$bin/terraform" version
 fi
+build github.com/hashicorp/terraform-config-inspect "$INSPECT_VERSION" . "$bin/terraform-config-inspect" main

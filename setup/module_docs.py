@@ -7,36 +7,32 @@ date, so a test can keep them in sync with variables.tf and outputs.tf.
 
 Usage: python setup/module_docs.py [--check] [MODULE_DIR]   (default: terraform/modules/notebook)
 
-Terraform has no docs command and terraform-docs is a Go binary we do not build, so this reads
-the few things it needs (top-level `variable` and `output` blocks, their description, type,
-default and sensitive attributes) with a small scanner that knows HCL strings, comments and
-brackets. Expressions (type, default) are shown as their source text on one line.
+The module is read by HashiCorp's terraform-config-inspect (the library terraform-docs is built
+on; setup/go-tools.sh builds it into .cache/bin), which parses HCL as Terraform does: this
+script only lays its JSON out as tables.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import json
+import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODULE = REPO / "terraform" / "modules" / "notebook"
+INSPECT = "terraform-config-inspect"
 BEGIN = "<!-- BEGIN_TF_DOCS -->"
 END = "<!-- END_TF_DOCS -->"
 COMMAND = "make module-docs"
 
 
-class HclError(ValueError):
-    """The file uses HCL this scanner does not read; the message says where."""
-
-
-@dataclass
-class Block:
-    kind: str  # "variable" or "output"
-    name: str
-    attrs: dict[str, str]  # attribute name -> expression source text
+class ModuleError(ValueError):
+    """The module (or its README) cannot be read; the message says why."""
 
 
 @dataclass
@@ -55,249 +51,67 @@ class Output:
     sensitive: bool
 
 
-# --- scanning --------------------------------------------------------------------------------
-
-def _skip_string(text: str, i: int) -> int:
-    """Index just after the quoted string (template) starting at text[i] == '"'."""
-    i += 1
-    depth = 0  # inside ${ ... } or %{ ... }, where quotes start nested strings
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if depth == 0 and c == '"':
-            return i + 1
-        if text.startswith(("$${", "%%{"), i):
-            i += 3
-            continue
-        if text.startswith(("${", "%{"), i):
-            depth += 1
-            i += 2
-            continue
-        if depth and c == "{":
-            depth += 1
-        elif depth and c == "}":
-            depth -= 1
-        elif depth and c == '"':
-            i = _skip_string(text, i)
-            continue
-        elif c == "\n" and depth == 0:
-            raise HclError(f"unterminated string at offset {i}")
-        i += 1
-    raise HclError("unterminated string at end of file")
+def inspect_binary() -> str:
+    """$TF_CONFIG_INSPECT, the one setup built, or one on PATH."""
+    for candidate in (os.environ.get("TF_CONFIG_INSPECT"), str(REPO / ".cache" / "bin" / INSPECT), shutil.which(INSPECT)):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ModuleError(f"{INSPECT} was not found: `make setup` builds it into .cache/bin")
 
 
-def _skip_comment(text: str, i: int) -> int:
-    """Index after the comment starting at i, or i itself when there is none."""
-    if text.startswith("#", i) or text.startswith("//", i):
-        end = text.find("\n", i)
-        return len(text) if end < 0 else end
-    if text.startswith("/*", i):
-        end = text.find("*/", i + 2)
-        if end < 0:
-            raise HclError("unterminated /* comment")
-        return end + 2
-    return i
-
-
-_HEREDOC = re.compile(r"<<-?([A-Za-z_][A-Za-z0-9_]*)\n")
-
-
-def _skip_heredoc(text: str, i: int) -> int:
-    """Index after the heredoc starting at i (<<EOT or <<-EOT ... EOT)."""
-    m = _HEREDOC.match(text, i)
-    if not m:
-        raise HclError(f"unreadable heredoc at offset {i}")
-    end = re.compile(rf"^[ \t]*{m.group(1)}[ \t]*$", re.M).search(text, m.end())
-    if not end:
-        raise HclError(f"heredoc {m.group(1)} is never closed")
-    return end.end()
-
-
-def _matching(text: str, i: int) -> int:
-    """Index just after the bracket that closes the one at text[i]."""
-    pairs = {"{": "}", "(": ")", "[": "]"}
-    stack = [pairs[text[i]]]
-    i += 1
-    while i < len(text):
-        c = text[i]
-        j = _skip_comment(text, i)
-        if j != i:
-            i = j
-        elif c == '"':
-            i = _skip_string(text, i)
-        elif text.startswith("<<", i):
-            i = _skip_heredoc(text, i)
-        elif c in pairs:
-            stack.append(pairs[c])
-            i += 1
-        elif c in ")]}":
-            if c != stack.pop():
-                raise HclError(f"unbalanced {c!r} at offset {i}")
-            i += 1
-            if not stack:
-                return i
-        else:
-            i += 1
-    raise HclError("unclosed bracket at end of file")
-
-
-_WORD = re.compile(r'[A-Za-z_][A-Za-z0-9_-]*|"[^"\\\n]*"')
-
-
-def _skip_space(text: str, i: int, newlines: bool = True) -> int:
-    while i < len(text):
-        j = _skip_comment(text, i)
-        if j != i:
-            i = j
-        elif text[i] in " \t\r" or (newlines and text[i] == "\n"):
-            i += 1
-        else:
-            break
-    return i
-
-
-def _body_items(text: str) -> list[tuple[str, list[str], str | None, int]]:
-    """Items of a body: (name, labels, attribute expression or None for a block, block start)."""
-    items = []
-    i = _skip_space(text, 0)
-    while i < len(text):
-        m = _WORD.match(text, i)
-        if not m or m.group().startswith('"'):
-            raise HclError(f"expected an attribute or block name at offset {i}: {text[i:i + 30]!r}")
-        name = m.group()
-        i = _skip_space(text, m.end(), newlines=False)
-        if i < len(text) and text[i] == "=" and not text.startswith("==", i):
-            start = i = _skip_space(text, i + 1, newlines=False)
-            while i < len(text) and text[i] != "\n":
-                j = _skip_comment(text, i)
-                if j != i:
-                    break
-                if text[i] == '"':
-                    i = _skip_string(text, i)
-                elif text[i] in "{([":
-                    i = _matching(text, i)
-                elif text.startswith("<<", i):
-                    i = _skip_heredoc(text, i)
-                else:
-                    i += 1
-            items.append((name, [], text[start:i].strip(), start))
-        else:
-            labels = []
-            while i < len(text) and text[i] != "{":
-                lm = _WORD.match(text, i)
-                if not lm:
-                    raise HclError(f"expected a block label or '{{' after {name!r} at offset {i}")
-                labels.append(lm.group().strip('"'))
-                i = _skip_space(text, lm.end(), newlines=False)
-            if i >= len(text):
-                raise HclError(f"block {name!r} has no body")
-            end = _matching(text, i)
-            items.append((name, labels, None, i))
-            i = end
-        i = _skip_space(text, i)
-    return items
-
-
-def blocks(text: str) -> list[Block]:
-    """The top-level variable and output blocks of one .tf file, in order."""
-    found = []
-    for kind, labels, expr, start in _body_items(text):
-        if expr is not None or kind not in ("variable", "output"):
-            continue
-        if len(labels) != 1:
-            raise HclError(f"{kind} block needs one label, got {labels}")
-        body = text[start + 1:_matching(text, start) - 1]
-        attrs = {name: e for name, _, e, _ in _body_items(body) if e is not None}
-        found.append(Block(kind, labels[0], attrs))
+def inspect(module: Path) -> dict:
+    """The module as terraform-config-inspect reads it; refused when the HCL has errors."""
+    out = subprocess.run([inspect_binary(), "--json", str(module)], capture_output=True, text=True)
+    try:
+        found = json.loads(out.stdout)
+    except ValueError:
+        raise ModuleError(f"{INSPECT} failed: {out.stderr.strip() or out.stdout.strip()}") from None
+    errors = [d for d in found.get("diagnostics") or [] if d.get("severity") == "error"]
+    if errors:
+        where = errors[0].get("pos") or {}
+        raise ModuleError(f"{Path(where.get('filename', '?')).name}:{where.get('line', '?')}: "
+                          + "; ".join(sorted({f"{d['summary']}: {d['detail']}" for d in errors})))
     return found
 
 
-# --- values ----------------------------------------------------------------------------------
-
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
-
-
-def string_value(expr: str) -> str:
-    """The text of a plain HCL string literal (descriptions); templates are refused."""
-    if not (len(expr) >= 2 and expr[0] == expr[-1] == '"'):
-        raise HclError(f"expected a quoted string, got {expr!r}")
-    out, i, body = [], 0, expr[1:-1]
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            nxt = body[i + 1:i + 2]
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-            elif nxt in ("u", "U"):
-                width = 4 if nxt == "u" else 8
-                out.append(chr(int(body[i + 2:i + 2 + width], 16)))
-                i += 2 + width
-            else:
-                raise HclError(f"unknown escape \\{nxt} in {expr!r}")
-        elif body.startswith(("$${", "%%{"), i):
-            out.append(body[i] + "{")
-            i += 3
-        elif body.startswith(("${", "%{"), i):
-            raise HclError(f"a description must be a plain string, not a template: {expr!r}")
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
+def _in_file_order(items: dict) -> list[dict]:
+    return sorted(items.values(), key=lambda i: ((i.get("pos") or {}).get("filename", ""),
+                                                 (i.get("pos") or {}).get("line", 0)))
 
 
-def one_line(expr: str) -> str:
-    """An expression's source on one line: line breaks between object attributes or list items
-    become ", ", alignment runs of spaces one space, comments go; string literals stay as written."""
-    strings: list[str] = []
-    code, i = [], 0
-    while i < len(expr):
-        if expr[i] == '"':
-            j = _skip_string(expr, i)
-            strings.append(expr[i:j])
-            code.append(f"\0{len(strings) - 1}\0")  # a placeholder the rewriting below cannot touch
-            i = j
+def _uncommented(line: str) -> str:
+    """The line without a trailing `#` or `//` comment (one inside a quoted string stays)."""
+    quoted = False
+    for i, ch in enumerate(line):
+        if ch == '"' and (i == 0 or line[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted and (ch == "#" or line.startswith("//", i)):
+            return line[:i]
+    return line
+
+
+def _one_line(text: str) -> str:
+    """A type expression on one line, as a table cell needs it: an object's attributes, one per
+    line in the source, become comma-separated."""
+    out = ""
+    for line in (_uncommented(part).strip() for part in text.splitlines()):
+        if not line:
             continue
-        j = _skip_comment(expr, i)
-        if j != i:
-            i = j
-            continue
-        code.append(" " if expr[i] in " \t\r" else expr[i])
-        i += 1
-    text = re.sub(r"\s*\n\s*", "\n", "".join(code))
-    text = re.sub(r"([{(\[])\n", r"\1", text)
-    text = re.sub(r"\n([})\]])", r"\1", text)
-    text = re.sub(r",?\n", ", ", text)
-    text = re.sub(r",\s*([})\]])", r"\1", text)  # trailing commas
-    text = re.sub(r" {2,}", " ", text).strip()
-    return re.sub(r"\0(\d+)\0", lambda m: strings[int(m.group(1))], text)
+        if out and not out.endswith(("{", "(", "[", ",")) and not line.startswith(("}", ")", "]")):
+            out += ", "
+        out += line
+    return " ".join(out.split())
 
 
 def variables(module: Path) -> list[Variable]:
-    out = []
-    for tf in sorted(module.glob("*.tf")):
-        for b in blocks(tf.read_text(encoding="utf-8")):
-            if b.kind == "variable":
-                out.append(Variable(
-                    name=b.name,
-                    description=string_value(b.attrs["description"]) if "description" in b.attrs else "",
-                    type=one_line(b.attrs.get("type", "any")),
-                    default=one_line(b.attrs["default"]) if "default" in b.attrs else None,
-                    sensitive=b.attrs.get("sensitive") == "true",
-                ))
-    return out
+    return [Variable(v["name"], v.get("description", ""), _one_line(v.get("type") or "any"),
+                     None if v.get("required") else json.dumps(v.get("default")), bool(v.get("sensitive")))
+            for v in _in_file_order(inspect(module)["variables"])]
 
 
 def outputs(module: Path) -> list[Output]:
-    out = []
-    for tf in sorted(module.glob("*.tf")):
-        for b in blocks(tf.read_text(encoding="utf-8")):
-            if b.kind == "output":
-                description = string_value(b.attrs["description"]) if "description" in b.attrs else ""
-                out.append(Output(b.name, description, b.attrs.get("sensitive") == "true"))
-    return out
+    return [Output(o["name"], o.get("description", ""), bool(o.get("sensitive")))
+            for o in _in_file_order(inspect(module)["outputs"])]
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -348,7 +162,7 @@ def render(module: Path) -> str:
 def updated_readme(readme: str, section: str) -> str:
     start, end = readme.find(BEGIN), readme.find(END)
     if start < 0 or end < start:
-        raise HclError(f"the README has no {BEGIN} ... {END} section to fill")
+        raise ModuleError(f"the README has no {BEGIN} ... {END} section to fill")
     return readme[:start] + section + readme[end + len(END):]
 
 
@@ -361,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         readme = readme_path.read_text(encoding="utf-8")
         new = updated_readme(readme, render(args.module))
-    except (HclError, KeyError, OSError) as e:
+    except (ModuleError, OSError) as e:
         print(f"module_docs: {args.module}: {e}", file=sys.stderr)
         return 2
     if new == readme:

@@ -118,7 +118,7 @@ def test_generator_on_a_synthetic_module(tmp_path):
     assert rows == [
         r'| `name` | Instance name: "quoted", a \| pipe, a &lt;key&gt; and ${not_a_template}. | `string` | n/a | yes |',
         '| `files` | Files. | `list(object({target_path = string, mode = optional(string, "0644")}))` '
-        '| `[{ target_path = "/etc/a  b", mode = "0600" }]` | no |',
+        '| `[{"mode": "0600", "target_path": "/etc/a  b"}]` | no |',
         "| `secret` | A secret<br>over two lines. (sensitive) | `map(string)` | `{}` | no |",
         "| `anything` |  | `any` | `null` | no |",
         "| `where` | Where it \\ went. |",
@@ -139,4 +139,4 @@ def test_generator_refuses_hcl_it_cannot_read(tmp_path):
     (tmp_path / "README.md").write_text(README)
     r = subprocess.run([sys.executable, str(SCRIPT), "--check", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2
-    assert "unterminated string" in r.stderr
+    assert "Unterminated template string" in r.stderr and "variables.tf:2" in r.stderr
