@@ -1,13 +1,11 @@
 """Servers spread over a cluster's members by weight: least-loaded placement, one member
 taking twice the servers of the other, a member kept out for maintenance.
 
-Run from the repository root: in one terminal `.venv/bin/python
-examples/cluster-weights/loopback_cluster.py` (a two-member Incus cluster on loopback, until
-Ctrl-C), in another `make demo EXAMPLE=cluster-weights`, then http://127.0.0.1:8000 (any user
-name, password `demo`). For your own cluster set CLUSTER_* (below). See README.md beside this file.
+Run from the repository root: `make demo EXAMPLE=cluster-weights` with CLUSTER_* (below) naming
+your cluster, then http://127.0.0.1:8000 (any user name, password `demo`). Without CLUSTER_* it
+runs on the machine's own LXD. See README.md beside this file.
 """
 
-import json
 import os
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -34,17 +32,12 @@ c.ConfigurableHTTPProxy.pid_file = os.path.join(work, "proxy.pid")
 
 
 def cluster_settings() -> dict:
-    """The cluster to use: CLUSTER_* from the environment, else the loopback cluster that
-    loopback_cluster.py describes while it runs, else none (the machine's own LXD)."""
+    """The cluster to use: CLUSTER_* from the environment, else none (the machine's own LXD)."""
     if os.environ.get("CLUSTER_ENDPOINT"):
         return {"backend": os.environ.get("CLUSTER_BACKEND", "lxd"), "endpoint": os.environ["CLUSTER_ENDPOINT"],
                 "cert": os.environ["CLUSTER_CERT"], "key": os.environ["CLUSTER_KEY"],
                 "verify": os.environ.get("CLUSTER_VERIFY", "true")}
-    try:
-        with open(os.path.join(work, "cluster.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return {}
+    return {}
 
 
 cluster = cluster_settings()

@@ -45,11 +45,36 @@ class StandInHub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def hub_port():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
+class SlowStandInHub(StandInHub):
+    """Answers the host's question at once and the container's after 3 s: the throwaway
+    instance is then surely there, and doctor busy with it, when the test sends Ctrl-C."""
+    asked = 0
+
+    def do_GET(self):
+        type(self).asked += 1
+        if type(self).asked > 1:
+            time.sleep(3)
+        super().do_GET()
+
+
+def _serve(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def hub_port():
+    server = _serve(StandInHub)
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def slow_hub_port():
+    server = _serve(SlowStandInHub)
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
@@ -256,9 +281,9 @@ def test_broken_setup_fails_its_check_with_the_fix(reports, case):
             assert check["status"] == "ok", (name, check)
 
 
-def test_interrupted_doctor_removes_its_instance(tmp_path, hub_port, lxd_client):
+def test_interrupted_doctor_removes_its_instance(tmp_path, slow_hub_port, lxd_client):
     """Ctrl-C while the throwaway instance exists: it is removed before doctor exits."""
-    config = write_config(tmp_path, hub_port)
+    config = write_config(tmp_path, slow_hub_port)
     proc = subprocess.Popen([CLI, "-f", str(config), "doctor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

@@ -6,14 +6,9 @@ with OpenTofu, and member weights on the loopback cluster the cluster example br
 import asyncio
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pylxd
 import pytest
-from pylxd.client import get_session_for_url
 
 import exampleconfig
 import spawnerstub
@@ -106,47 +101,3 @@ def test_incus_with_opentofu(tmp_path):
         assert record["terraform_binary"] == str(exampleconfig.REPO / ".cache" / "bin" / "tofu"), record
         assert record["daemon"]["backend"] == "incus", record
     spawn_and_stop("incus-opentofu", tmp_path, "example-tofu", check)
-
-
-SETTINGS = exampleconfig.REPO / ".cache" / "examples" / "cluster-weights" / "cluster.json"
-
-
-@pytest.fixture(scope="module")
-def loopback_cluster():
-    """examples/cluster-weights/loopback_cluster.py as the README runs it, ended with Ctrl-C."""
-    assert not SETTINGS.exists(), f"{SETTINGS} exists: is the example's loopback cluster running?"
-    script = exampleconfig.EXAMPLES / "cluster-weights" / "loopback_cluster.py"
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not SETTINGS.exists():
-            assert proc.poll() is None, f"loopback_cluster.py ended: {proc.stdout.read()}"
-            assert time.monotonic() < deadline, "the loopback cluster did not come up in 300 s"
-            time.sleep(1)
-        yield json.loads(SETTINGS.read_text())
-    finally:
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, output
-    assert not SETTINGS.exists(), "Ctrl-C must remove the settings it wrote"
-
-
-def test_cluster_weights_on_the_loopback_cluster(loopback_cluster, tmp_path):
-    """Three servers at once: weights 2 and 1 give m1 two of them and m2 one (README), the
-    spawns in flight counted as load."""
-    cluster = loopback_cluster
-    assert not (set(cluster) - {"backend", "endpoint", "cert", "key", "verify"})
-    cfg = exampleconfig.load("cluster-weights")  # reads the settings the script wrote
-    assert cfg.LxdSpawner.lxd_endpoint == cluster["endpoint"] == "https://127.0.0.21:8443"
-    spawners = [spawnerstub.make_spawner(tmp_path / "state", f"weighted{i}", config=cfg) for i in range(3)]
-    try:
-        asyncio.run(gather(sp.start() for sp in spawners))
-        assert sorted(sp.member for sp in spawners) == ["m1", "m1", "m2"]
-        # What the cluster itself says (pinned certificate; REQUESTS_CA_BUNDLE would replace it).
-        session = get_session_for_url(cluster["endpoint"], verify=cluster["verify"], cert=(cluster["cert"], cluster["key"]))
-        session.trust_env = False
-        listing = session.get(f"{cluster['endpoint']}/1.0/instances?recursion=1", timeout=60).json()["metadata"]
-        assert {i["name"]: i["location"] for i in listing} == {sp.instance: sp.member for sp in spawners}
-    finally:
-        asyncio.run(gather(sp.stop() for sp in spawners))
