@@ -284,8 +284,10 @@ def test_broken_setup_fails_its_check_with_the_fix(reports, case):
 def test_interrupted_doctor_removes_its_instance(tmp_path, slow_hub_port, lxd_client):
     """Ctrl-C while the throwaway instance exists: it is removed before doctor exits."""
     config = write_config(tmp_path, slow_hub_port)
+    # A suite run in the background (`make test &`) inherits SIGINT ignored, and Python then
+    # keeps it ignored: give doctor the default disposition an operator's terminal gives it.
     proc = subprocess.Popen([CLI, "-f", str(config), "doctor"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not doctor_instances(lxd_client) and proc.poll() is None:
