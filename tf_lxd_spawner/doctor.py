@@ -32,7 +32,7 @@ from .errors import SpawnError
 from .inputs import ConfigError, check_subid_allowed, image_choices
 from .module_inputs import hub_address
 from .ports import bindable, is_this_host, resolve
-from .terraform import TerraformError, TerraformRunner, pick_binary
+from .terraform import TerraformError, TerraformRunner
 from .workspace import SECRET_INPUTS, Workspace, render_root
 
 SUBUID = "/etc/subuid"
@@ -215,7 +215,7 @@ async def _output(argv: list[str], timeout: float = 60.0, env: dict | None = Non
 async def check_terraform(ctx: Context) -> Check:
     name = "terraform"
     configured = ctx.spawner.terraform_path
-    binary = pick_binary(configured)
+    binary = ctx.spawner.terraform_binary  # terraform_path, or what the spawner picks without it
     found = shutil.which(binary)
     install = ("install Terraform (>= 1.3) or OpenTofu (>= 1.6), or set c.LxdSpawner.terraform_path to the "
                "binary's path")

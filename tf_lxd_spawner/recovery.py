@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from . import lxd, metrics, stopping
+from . import audit, lxd, metrics, stopping
 from .terraform import TerraformError
 from .workspace import StateUnreadable, WorkspaceBusy
 
@@ -30,8 +30,7 @@ async def recover_interrupted_spawn(spawner) -> None:
             sp.instance = name
             try:
                 await stopping.destroy(sp, ws)
-                await ws.audit({"operation": "recover", "user": sp.user.name, "server": sp.name or "",
-                                "instance": name, "outcome": "ok",
+                await ws.audit({"operation": "recover", **audit.server_fields(sp), "outcome": "ok",
                                 "note": "removed what an interrupted spawn had made"})
                 metrics.RECOVERIES.labels("interrupted_spawn").inc()
             finally:
