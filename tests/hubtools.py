@@ -234,6 +234,12 @@ class Hub:
             requests.delete(base + f"api/kernels/{kernel}", headers=headers, timeout=30)
 
 
+def container_token(lxd_client, name: str) -> str:
+    """The server's API token, as the spawner wrote it into its container's environment file."""
+    env = json.loads(lxd_client.instances.get(name).files.get("/etc/jupyterhub-singleuser/env.json"))
+    return env["JUPYTERHUB_API_TOKEN"]
+
+
 def shut_down(hub: "Hub", lxd_client) -> None:
     """Module teardown: stop every server through the hub, stop the hub, then delete whatever
     instance this hub made that is still there (so a failed test leaves nothing behind)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGE
-from hubtools import Hub, shut_down
+from hubtools import Hub, container_token, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -130,11 +130,6 @@ def stop(hub, user, server="", remove=False):
             time.sleep(0.25)
     else:
         hub.wait_stopped(user, server)
-
-
-def container_token(lxd_client, name):
-    env = json.loads(lxd_client.instances.get(name).files.get("/etc/jupyterhub-singleuser/env.json"))
-    return env["JUPYTERHUB_API_TOKEN"]
 
 
 def files_holding(root: Path, secret: str) -> list[str]:

@@ -9,7 +9,7 @@ import threading
 import pytest
 import requests
 
-from hubtools import ExecWatcher, Hub, shut_down
+from hubtools import ExecWatcher, Hub, container_token, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -25,12 +25,6 @@ def instance_of(hub, user, server=""):
     ws = hub.state_dir / user / (server or "_default")
     records = [json.loads(line) for line in (ws / "audit.jsonl").read_text().splitlines()]
     return ws, records
-
-
-def container_token(lxd_client, name):
-    return json.loads(lxd_client.instances.get(name).files.get("/etc/jupyterhub-singleuser/env.json"))[
-        "JUPYTERHUB_API_TOKEN"
-    ]
 
 
 def test_alice_spawns_and_runs_code_in_her_container(hub, lxd_client):

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import requests
 
-from hubtools import Hub, shut_down
-from tf_lxd_spawner.workspace import workspace_path
+from hubtools import Hub, container_token, shut_down
+from tf_lxd_spawner.workspace import Workspace, workspace_path
 
 pytestmark = pytest.mark.e2e
 
@@ -57,13 +57,7 @@ def proxy_routes(hub) -> dict:
 
 
 def audit(hub, user) -> list[dict]:
-    lines = (workspace_path(hub.state_dir, user, "") / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def server_token(lxd_client, instance) -> str:
-    env = json.loads(lxd_client.instances.get(instance).files.get("/etc/jupyterhub-singleuser/env.json"))
-    return env["JUPYTERHUB_API_TOKEN"]
+    return Workspace(workspace_path(hub.state_dir, user, "")).audit_records()
 
 
 def token_notes(hub, user) -> list[str]:
@@ -136,7 +130,7 @@ def _cull_idle_and_check(hub, lxd_client, busy_since):
     assert answers(port)
     route = proxy_routes(hub)[f"/user/{IDLE}"]
     assert route["target"] == f"http://127.0.0.1:{port}", route
-    token = server_token(lxd_client, instance)
+    token = container_token(lxd_client, instance)
     assert hub.api("GET", "/user", token=token).status_code == 200
     assert f"Server at /user/{IDLE}/" in token_notes(hub, IDLE)
 
