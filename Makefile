@@ -6,6 +6,8 @@ SHELL := /bin/bash
 CACHE := $(CURDIR)/.cache
 VENV := $(CURDIR)/.venv
 CHP := $(CACHE)/npm/node_modules/.bin/configurable-http-proxy
+# The oldest JupyterHub of the supported range, in a venv of its own (tests/e2e/test_jupyterhub52.py).
+JH52 := $(CACHE)/jupyterhub-5.2
 PYTEST_ARGS ?= --durations=15
 # Host ids the tests map 1:1 into containers (raw.idmap): see setup/lxd-up.sh.
 LXD_ALLOW_IDS ?= 2345
@@ -23,7 +25,7 @@ setup:
 	@$(MAKE) --no-print-directory -j3 --output-sync=target setup-steps
 	@echo "setup: done"
 
-setup-steps: debs gotools lxd incus image provider $(VENV)/.installed $(CHP)
+setup-steps: debs gotools lxd incus image provider $(VENV)/.installed $(JH52)/.installed $(CHP)
 
 debs:
 	@bash setup/debian-packages.sh
@@ -47,6 +49,11 @@ provider: gotools
 $(VENV)/.installed: pyproject.toml | debs
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+$(JH52)/.installed: pyproject.toml | debs
+	python3 -m venv $(JH52)
+	$(JH52)/bin/pip install -q 'jupyterhub==5.2.1' -e '.[test]'
 	touch $@
 
 $(CHP): | debs
@@ -74,7 +81,7 @@ wheel: $(VENV)/.installed
 fmt:
 	terraform fmt -recursive terraform/
 
-# The inputs/outputs tables in terraform/modules/notebook/README.md, from its variables and outputs
-# (tests/unit/test_module_docs.py fails while they are out of date).
+# The inputs/outputs tables in terraform/modules/{notebook,storage}/README.md, from their variables
+# and outputs (tests/unit/test_module_docs.py fails while they are out of date).
 module-docs: gotools
 	python3 setup/module_docs.py

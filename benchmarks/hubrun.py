@@ -35,18 +35,27 @@ class SpawnFailed(RuntimeError):
     """The hub reported the spawn ended without a ready server (or it timed out)."""
 
 
+LEVERS_OFF = ("c.LxdSpawner.share_terraform_init = False\n"
+              "c.LxdSpawner.terraform_gogc = 0\n")
+
+
 @dataclass(frozen=True)
 class Contestant:
     name: str  # e.g. "terraform-lxd", "baseline-incus"
     kind: str  # "tf" (tf-lxd-spawner) or "baseline"
     daemon: str  # "lxd" or "incus"
     binary: str = ""  # "terraform" or "tofu" for kind "tf"
+    storage: bool = True  # kind "tf": the persistent home volume (storage_enabled, the default)
+    extra: str = ""  # kind "tf": more configuration lines (a variant's settings)
 
     def hub_config(self, tag: str) -> str:
         """The hub configuration lines that make this contestant (after hubtools' own)."""
         limits = "c.JupyterHub.concurrent_spawn_limit = 0\nc.JupyterHub.active_server_limit = 0\n"
         if self.kind == "tf":
-            return limits + f'c.LxdSpawner.backend = "{self.daemon}"\nc.LxdSpawner.terraform_path = "{self.binary}"\n'
+            return limits + (f'c.LxdSpawner.backend = "{self.daemon}"\nc.LxdSpawner.terraform_path = "{self.binary}"\n'
+                             f'c.LxdSpawner.storage_enabled = {self.storage}\n'
+                             # Volumes outlive servers: each contestant's users get their own on a shared daemon.
+                             f'c.LxdSpawner.storage_name_template = "home-{self.name}-{{username}}"\n' + self.extra)
         return limits + ('c.JupyterHub.spawner_class = "baseline_spawner.BaselineSpawner"\n'
                          f'c.BaselineSpawner.backend = "{self.daemon}"\n'
                          f'c.BaselineSpawner.name_prefix = "{self.name_prefix(tag)}"\n')
@@ -57,7 +66,19 @@ class Contestant:
 
 
 CONTESTANTS = [Contestant(f"{b}-{d}", "tf", d, b) for b in ("terraform", "tofu") for d in ("lxd", "incus")] + [
-    Contestant(f"baseline-{d}", "baseline", d) for d in ("lxd", "incus")]
+    Contestant(f"baseline-{d}", "baseline", d) for d in ("lxd", "incus")] + [
+    # The same without the home volume: what the volume costs a spawn and a stop.
+    Contestant(f"{b}-{d}-novolume", "tf", d, b, storage=False) for b in ("terraform", "tofu") for d in ("lxd", "incus")] + [
+    # Without the start-path levers of issue 21 that were kept (an init per workspace, Go's default
+    # GOGC): what they buy, measured side by side.
+    Contestant(f"{b}-{d}-levers-off", "tf", d, b, extra=LEVERS_OFF) for b in ("terraform", "tofu") for d in ("lxd", "incus")]
+
+
+def hub_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime..cstime are fields 14-17.
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + stime + cutime + cstime) / os.sysconf("SC_CLK_TCK")
 
 
 class HubSession:
@@ -73,6 +94,13 @@ class HubSession:
     def start(self) -> "HubSession":
         self.hub.start()
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU the hub process and what it ran and waited for have used so far (utime + stime +
+        cutime + cstime of /proc/<hub pid>/stat): Terraform, its provider (Terraform waits for
+        it) and every other command the spawner runs. The proxy, a child still running, is not
+        in it."""
+        return hub_cpu_seconds(self.hub.proc.pid)
 
     # -- REST -----------------------------------------------------------------------------------
     def _session(self) -> requests.Session:
@@ -167,6 +195,12 @@ class HubSession:
                 self._stop_all_servers()
         except Exception as e:  # noqa: BLE001 - reported by the caller
             problems.append(f"{self.contestant.name}: stopping servers: {e}")
+        try:  # deleting the users deletes their home volumes (delete_forever)
+            if self.contestant.kind == "tf" and self.hub.proc is not None and self.hub.proc.poll() is None:
+                for u in self.api("GET", "/users", params={"limit": 1000}).json():
+                    self.api("DELETE", f"/users/{u['name']}")
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{self.contestant.name}: deleting users: {e}")
         try:
             self.hub.stop()
         except Exception as e:  # noqa: BLE001

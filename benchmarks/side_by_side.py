@@ -84,7 +84,9 @@ def selected_contestants(args):
     unknown = sorted(set(wanted) - known)
     if unknown:
         sys.exit(f"unknown contestants {unknown}; choose from {sorted(known)}")
-    return [c for c in CONTESTANTS if not wanted or c.name in wanted]
+    # By default the contestants the page compares; "-novolume" ones (the home volume's cost) and
+    # "-levers-off" ones (what issue 21's levers bought) on request.
+    return [c for c in CONTESTANTS if c.name in wanted or not wanted and not c.name.endswith(("-novolume", "-levers-off"))]
 
 
 # -- the parts --------------------------------------------------------------------------------------
@@ -112,12 +114,13 @@ def run_sequential(sessions: dict, args, out: dict) -> None:
     for name, s in sessions.items():
         c = s.contestant
         out[name] = {"kind": c.kind, "daemon": c.daemon, "binary": c.binary, "spawn_s": [], "stop_s": [],
-                     "failures": [], "audit": {"start": [], "stop": []}, "measured_at": _now()}
+                     "cpu_s": [], "failures": [], "audit": {"start": [], "stop": []}, "measured_at": _now()}
     for r in range(args.rounds):
         for name, s in sessions.items():
             user = "bench" if args.same_user else f"round{r}"
             row = out[name]
             spawned = stopped = None
+            cpu_before = s.cpu_seconds()
             try:
                 spawned = round(s.spawn_ready(user, args.spawn_timeout), 3)
                 row["spawn_s"].append(spawned)
@@ -128,6 +131,7 @@ def run_sequential(sessions: dict, args, out: dict) -> None:
                 if spawned is not None:
                     stopped = t
                     row["stop_s"].append(t)
+                    row["cpu_s"].append(round(s.cpu_seconds() - cpu_before, 3))
             except (SpawnFailed, OSError) as e:
                 row["failures"].append(f"round {r} stop: {e}")
             _log(f"round {r} {name}: spawn {_secs(spawned)}, stop {_secs(stopped)}"

@@ -22,3 +22,19 @@ fi
 if ! "$cli" profile device get default root pool >/dev/null 2>&1; then
   "$cli" profile device add default root disk path=/ pool=default
 fi
+
+# Home volumes get a quota (storage_capacity); on btrfs it is a qgroup limit, which the kernel
+# enforces only while the pool's qgroup data is consistent. Incus 6.0.4 switches quotas on when
+# the first sized volume is made, over a pool that already holds images, and leaves the data
+# inconsistent: a 64MiB volume then takes 128MiB. Switch them on here and rescan (well under a
+# second on a new pool), so the first volume's quota holds.
+if [ "$("$cli" storage show default | sed -n 's/^driver: //p')" = btrfs ]; then
+  dir=/var/lib/$([ "$cli" = lxc ] && echo lxd || echo incus)/storage-pools/default
+  if [ -d "$dir" ]; then
+    btrfs qgroup show "$dir" >/dev/null 2>&1 || btrfs quota enable "$dir"
+    if btrfs qgroup show "$dir" 2>&1 | grep -qi inconsistent; then
+      btrfs quota rescan -w "$dir" >/dev/null
+      echo "$cli: rescanned the quota groups of pool 'default' (inconsistent: quotas were not enforced)"
+    fi
+  fi
+fi

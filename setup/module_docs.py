@@ -5,7 +5,8 @@ The tables sit between `<!-- BEGIN_TF_DOCS -->` and `<!-- END_TF_DOCS -->`; the 
 is prose and stays as written. `--check` changes nothing and exits 1 when the tables are out of
 date, so a test can keep them in sync with variables.tf and outputs.tf.
 
-Usage: python setup/module_docs.py [--check] [MODULE_DIR]   (default: terraform/modules/notebook)
+Usage: python setup/module_docs.py [--check] [MODULE_DIR ...]
+       (default: every module the repository ships: terraform/modules/notebook and .../storage)
 
 The module is read by HashiCorp's terraform-config-inspect (the library terraform-docs is built
 on; setup/go-tools.sh builds it into .cache/bin), which parses HCL as Terraform does: this
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MODULE = REPO / "terraform" / "modules" / "notebook"
+DEFAULT_MODULES = [REPO / "terraform" / "modules" / name for name in ("notebook", "storage")]
 INSPECT = "terraform-config-inspect"
 BEGIN = "<!-- BEGIN_TF_DOCS -->"
 END = "<!-- END_TF_DOCS -->"
@@ -166,28 +167,35 @@ def updated_readme(readme: str, section: str) -> str:
     return readme[:start] + section + readme[end + len(END):]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("module", nargs="?", type=Path, default=DEFAULT_MODULE)
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when out of date")
-    args = parser.parse_args(argv)
-    readme_path = args.module / "README.md"
+def update(module: Path, check: bool) -> int:
+    """0: the tables are up to date (or now rewritten); 1: out of date under --check; 2: unreadable."""
+    readme_path = module / "README.md"
     try:
         readme = readme_path.read_text(encoding="utf-8")
-        new = updated_readme(readme, render(args.module))
+        new = updated_readme(readme, render(module))
     except (ModuleError, OSError) as e:
-        print(f"module_docs: {args.module}: {e}", file=sys.stderr)
+        print(f"module_docs: {module}: {e}", file=sys.stderr)
         return 2
     if new == readme:
         return 0
-    if args.check:
+    if check:
         print(f"module_docs: the inputs/outputs tables in {readme_path} are out of date: run `{COMMAND}`"
-              f" (python setup/module_docs.py{'' if args.module == DEFAULT_MODULE else f' {args.module}'})",
+              f" (python setup/module_docs.py{'' if module in DEFAULT_MODULES else f' {module}'})",
               file=sys.stderr)
         return 1
     readme_path.write_text(new, encoding="utf-8")
     print(f"module_docs: rewrote the inputs/outputs tables in {readme_path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", type=Path, metavar="MODULE_DIR",
+                        help="module directories (default: every module the repository ships)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when out of date")
+    args = parser.parse_args(argv)
+    # Every module is looked at, so one run names every README that is out of date.
+    return max(update(m, args.check) for m in args.modules or DEFAULT_MODULES)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,40 @@ def shut_down(hub: "Hub", lxd_client) -> None:
                 inst.delete(wait=True)
         except (NotFound, AttributeError):  # gone while listed (another test's instance, deleted meanwhile)
             continue
+    delete_volumes(lxd_client, str(hub.state_dir))
+
+
+def delete_volumes(client, under: str = "", names: set | None = None) -> list[str]:
+    """Delete the custom volumes whose workspace label is under `under` (the users' volumes
+    outlive their servers by design: a test deletes what it made), or, with `names`, those of
+    these names; snapshots first (LXD refuses a volume that has any). Returns pool/name of each."""
+    from pylxd.exceptions import LXDAPIException, NotFound
+
+    def wanted(vol) -> bool:
+        if names is not None:
+            return vol.name in names
+        return vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(under)
+
+    deleted = []
+    for pool in client.storage_pools.all():
+        for vol in pool.volumes.all():
+            try:
+                if vol.type != "custom" or not wanted(vol):
+                    continue
+                api = client.api.storage_pools[pool.name].volumes.custom[vol.name]
+                for snap in api.snapshots.get().json().get("metadata") or []:
+                    op = api.snapshots[snap.rsplit("/", 1)[-1]].delete().json().get("operation")
+                    if op:
+                        client.operations.wait_for_operation(op)
+                vol.delete()
+                deleted.append(f"{pool.name}/{vol.name}")
+            except NotFound:  # gone meanwhile
+                continue
+            except LXDAPIException:  # still in use: a sweep goes on (the test reports it); by name, raise
+                if names is not None:
+                    raise
+                continue
+    return deleted
 
 
 def _stop_servers(hub: "Hub") -> None:
@@ -308,3 +342,85 @@ class ExecWatcher:
 
     def seen(self, secret: str) -> bool:
         return secret in self.text
+
+
+CONTROL_HOOK = """
+import json as _json
+import pathlib as _pathlib
+
+_CONTROL = _pathlib.Path(@CONTROL@)
+
+def _control_hook(spawner):
+    '''Set the traits the test's control file names for this user; put back the configured
+    value of every trait an earlier start of this spawner object changed.'''
+    try:
+        wanted = _json.loads(_CONTROL.read_text()).get(spawner.user.name, {})
+    except FileNotFoundError:
+        wanted = {}
+    saved = getattr(spawner, "_test_configured", None)
+    if saved is None:
+        saved = spawner._test_configured = {}
+    for trait in wanted:
+        saved.setdefault(trait, getattr(spawner, trait))
+    for trait, configured in saved.items():
+        setattr(spawner, trait, wanted.get(trait, configured))
+    if wanted:
+        spawner.log.info("test control file: %s gets %s", spawner.user.name, wanted)
+
+c.Spawner.pre_spawn_hook = _control_hook
+"""
+
+
+def control_hook(path: Path) -> str:
+    """Hub configuration: a pre_spawn_hook that gives each user's next start the traits the
+    control file at `path` names ({user: {trait: value}}), so a test varies the configuration
+    per start without restarting the hub (Control writes the file)."""
+    return CONTROL_HOOK.replace("@CONTROL@", repr(str(path)))
+
+
+class Control:
+    """The control file the hub's pre_spawn_hook (control_hook) reads at every start."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lock = threading.Lock()
+        path.write_text("{}")
+
+    def set(self, user: str, **traits):
+        with self.lock:
+            data = json.loads(self.path.read_text())
+            if traits:
+                data[user] = traits
+            else:
+                data.pop(user, None)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)  # the hook never reads half a file
+
+
+def terraform_pid(ws: Path, command: str, timeout: float = 90.0) -> int:
+    """The pid of the terraform (or tofu) `command` running in workspace ws."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if (len(argv) > 1 and os.path.basename(argv[0]) in (b"terraform", b"tofu")
+                        and argv[1] == command.encode() and os.readlink(f"/proc/{pid}/cwd") == str(ws)):
+                    return int(pid)
+            except OSError:
+                continue
+        time.sleep(0.02)
+    raise AssertionError(f"no terraform {command} in {ws}")
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `predicate` every 0.2 s until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

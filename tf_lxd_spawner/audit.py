@@ -50,13 +50,14 @@ def server_fields(spawner) -> dict:
 
 
 def start_record(spawner) -> dict:
-    return {"operation": "start", **server_fields(spawner), "image": spawner.chosen_image}
+    profile = {"profile": spawner.profile} if getattr(spawner, "profile", "") else {}
+    return {"operation": "start", **server_fields(spawner), "image": spawner.chosen_image, **profile}
 
 
-def stop_record(spawner, started: dict, reason: str) -> dict:
+def stop_record(spawner, started: dict, reason: str, kept: bool) -> dict:
     """`started`: the inputs the last start saved (terraform.tfvars.json): the record describes
     what ran, not this spawner object, which after a hub restart knows only the configuration."""
     return {"operation": "stop", **server_fields(spawner),
             "member": spawner.member or started.get("target") or "",
             "image": started.get("image") or spawner.chosen_image,
-            "kept": not spawner.remove, **({"reason": reason} if reason else {})}
+            "kept": kept, **({"reason": reason} if reason else {})}

@@ -21,6 +21,8 @@ from types import SimpleNamespace
 from urllib.parse import urlparse, urlunparse
 
 from . import backends, doctor, lxd, orphans
+from . import state as server_state
+from .storage import VOLUMES_DIR
 from .terraform import TerraformRunner, pick_binary
 from .workspace import StateUnreadable, Workspace
 
@@ -82,7 +84,7 @@ def spawner_from(args):
 
 
 def _settings(spawner) -> dict:
-    return {key: getattr(spawner, key) for key in SETTINGS}
+    return {**{key: getattr(spawner, key) for key in SETTINGS}, "endpoint": spawner.endpoint}
 
 
 def _workspaces(state_dir: Path):
@@ -98,9 +100,31 @@ def cmd_list(args, settings) -> int:
             live = "live" if ws.state_resources() else "empty"
         except StateUnreadable:
             live = "unreadable-state"
-        print(f"{ws.path}\t{last.get('instance', '')}\t{last.get('member', '')}\t{live}\t"
+        record = server_state.read(ws.path)
+        phase = record.phase.value if record else "unrecorded"
+        print(f"{ws.path}\t{last.get('instance', '')}\t{last.get('member', '')}\t{live}\t{phase}\t"
               f"{last.get('operation', '')}:{last.get('outcome', '')}\t{last.get('time', '')}")
+    for line in _volume_lines(Path(settings["state_dir"]), settings["endpoint"]):
+        print(line)
     return 0
+
+
+def _volume_lines(state_dir: Path, endpoint) -> list[str]:
+    """One line per user's home volume: its workspace, name, pool, member, quota and use."""
+    lines = []
+    for path in sorted(state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfvars.json")):
+        ws = Workspace(path.parent)
+        inputs, outputs = ws.saved_inputs(), ws.state_outputs()
+        pool, name = inputs.get("pool", ""), inputs.get("name", "")
+        where = outputs.get("location") if outputs.get("location") not in (None, "", "none") else None
+        try:
+            info = asyncio.run(lxd.volume(endpoint, pool, name, target=where, usage=True))
+            used = "missing" if info is None else (f"{info.used_bytes / 2**20:.1f}MiB used"
+                                                   if info.used_bytes is not None else "use unknown")
+        except lxd.LxdUnavailable as e:
+            used = f"daemon unreachable ({e})"
+        lines.append(f"{ws.path}\tvolume {pool}/{name}\t{where or ''}\t{inputs.get('size') or 'no quota'}\t{used}")
+    return lines
 
 
 def cmd_audit(args, settings) -> int:
@@ -161,13 +185,29 @@ def _daemon_options(parser) -> None:
         parser.add_argument(f"--{name}", dest=name.replace("-", "_"))
 
 
+def _global_options(parser, default) -> None:
+    parser.add_argument("-f", "--config", default=default,
+                        help="read LxdSpawner settings from this jupyterhub_config.py")
+    parser.add_argument("--state-dir", dest="state_dir", default=default, help="the spawner's state_dir")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="tf-lxd-spawner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-f", "--config", help="read LxdSpawner settings from this jupyterhub_config.py")
-    parser.add_argument("--state-dir", dest="state_dir", help="the spawner's state_dir")
+    _global_options(parser, None)
+    # The same options after the sub-command (tf-lxd-spawner doctor -f jupyterhub_config.py):
+    # SUPPRESS, so a sub-command's absent option never hides one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="one line per workspace: path, instance, member, state, last operation")
+    add = sub.add_parser
+
+    def sub_parser(name, **kwargs):
+        return add(name, parents=[common], **kwargs)
+
+    sub.add_parser = sub_parser
+    sub.add_parser("list", help="one line per workspace (path, instance, member, state, phase, last operation), "
+                   "then one per home volume (pool/name, member, quota, space used)")
     audit = sub.add_parser("audit", help="every audit record, as JSON lines")
     audit.add_argument("--user", help="only this JupyterHub user")
     orph = sub.add_parser("orphans", help="instances no workspace owns, workspaces whose instance is gone")

@@ -331,6 +331,14 @@ async def check_subids(ctx: Context) -> Check:
     return ok(name, f"uid {uid} and gid {gid} ({whose}) are allowed; {may}")
 
 
+def _nearest_existing(path: str) -> str:
+    """The path's nearest ancestor that exists (a file there makes the path impossible)."""
+    parent = os.path.dirname(path)
+    while parent != "/" and not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    return parent
+
+
 async def check_state_dir(ctx: Context) -> Check:
     name = "state_dir"
     path = os.path.abspath(ctx.spawner.state_dir)
@@ -343,8 +351,16 @@ async def check_state_dir(ctx: Context) -> Check:
     make = f"install -d -m 0700 -o {user} {path}"
     try:
         st = await asyncio.to_thread(os.stat, path)
-    except FileNotFoundError:
-        return fail(name, f"{path} does not exist", make)
+    except FileNotFoundError:  # the spawner makes it (and its parents) at the first spawn
+        parent = _nearest_existing(path)
+        if not os.path.isdir(parent):
+            return fail(name, f"{path} does not exist and cannot be created: {parent} is not a directory", make)
+        if await asyncio.to_thread(os.access, parent, os.W_OK | os.X_OK):
+            return ok(name, f"{path} will be created by the first spawn (mode 0700, owned by {user}, "
+                            f"in {parent})")
+        return fail(name, f"{path} does not exist, and {user} cannot create it in {parent}", make)
+    except NotADirectoryError:
+        return fail(name, f"{path} cannot be created: {_nearest_existing(path)} is not a directory", make)
     except OSError as e:
         return fail(name, f"{path}: {e}", make)
     if not stat.S_ISDIR(st.st_mode):
@@ -500,10 +516,9 @@ async def check_hub(ctx: Context) -> Check:
     here = await asyncio.to_thread(_ask_from_here, outside)
     problem = _answer_problem(here)
     if problem:
-        if "error" in here:
-            return fail(name, f"nothing answers at {outside} ({problem})",
-                        "start the hub first, or run doctor while it runs; check c.JupyterHub.hub_ip/hub_port and "
-                        "c.Spawner.hub_connect_url")
+        if "error" in here:  # doctor is often run before the hub's first start: not a failure
+            return Check(name, "skip", f"hub not running (nothing answers at {outside}: {problem}): start it and "
+                                       "run doctor again to check containers reach it")
         return fail(name, f"{outside} answered {problem}", "check c.JupyterHub.base_url and c.Spawner.hub_connect_url")
     address = await asyncio.to_thread(resolve, host)
     targets = [m.name for m in ctx.usable_members] or [None]
@@ -525,6 +540,37 @@ async def check_hub(ctx: Context) -> Check:
               f"(through a proxy device to {address}:{port})")
 
 
+#: Pool drivers that enforce a custom volume's size (LXD and Incus; dir does not).
+QUOTA_DRIVERS = {"btrfs", "zfs", "lvm", "lvmcluster", "ceph", "cephfs", "powerflex"}
+
+
+async def check_storage(ctx: Context) -> Check:
+    """The home volumes' pool exists and can enforce storage_capacity."""
+    name, sp = "storage", ctx.spawner
+    if not sp.storage_enabled:
+        return Check(name, "skip", "storage_enabled is False: homes are inside the containers (with remove = True "
+                                   "they are deleted at every stop)")
+    driver = await lxd.pool_driver(ctx.endpoint, sp.storage_pool)
+    if driver is None:
+        return fail(name, f"storage_pool {sp.storage_pool!r} does not exist on the {ctx.backend.display} server",
+                    f"create it ({ctx.cli} storage create {sp.storage_pool} btrfs), or set c.LxdSpawner.storage_pool")
+    if sp.storage_capacity and driver not in QUOTA_DRIVERS:
+        return fail(name, f"pool {sp.storage_pool!r} ({driver}) cannot enforce storage_capacity "
+                          f"{sp.storage_capacity}: a user could fill the host's disk",
+                    "use a btrfs, zfs or lvm pool for homes (c.LxdSpawner.storage_pool), or set "
+                    "c.LxdSpawner.storage_capacity = '' to run without quotas knowingly")
+    if driver == "btrfs" and sp.storage_capacity and not ctx.remote:
+        mount = os.path.join(os.path.dirname(ctx.endpoint_url), "storage-pools", sp.storage_pool)
+        if shutil.which("btrfs") and await asyncio.to_thread(os.path.isdir, mount):
+            rc, out, err = await _output(["btrfs", "qgroup", "show", mount])
+            if rc == 0 and "inconsistent" in (out + err).lower():
+                return fail(name, f"pool {sp.storage_pool!r} (btrfs at {mount}): its quota groups are inconsistent, "
+                                  f"so the kernel does not enforce storage_capacity {sp.storage_capacity}",
+                            f"btrfs quota rescan -w {mount}")
+    quota = f"quota {sp.storage_capacity} enforced" if sp.storage_capacity else "no quota (storage_capacity is empty)"
+    return ok(name, f"home volumes on pool {sp.storage_pool!r} ({driver}): {quota}")
+
+
 # ---- running them -------------------------------------------------------------------------------
 #: (name, check, the checks it needs), in the order lines are printed.
 CHECKS = (
@@ -535,6 +581,7 @@ CHECKS = (
     ("subids", check_subids, ()),
     ("state_dir", check_state_dir, ()),
     ("ports", check_ports, ("daemon",)),
+    ("storage", check_storage, ("daemon",)),
     ("hub", check_hub, ("daemon", "image")),
 )
 

@@ -1,7 +1,9 @@
 """Operator configuration turned into module inputs: pushed files, mounts, limits, commands.
 
 Pure functions, so every translation (and every error message for bad input) can be checked
-without a hub. `expand` substitutes {username} and {servername}.
+without a hub. `expand` substitutes {username} and {servername} in commands; paths expand by
+`host_path` and `container_path` (bundled for one server as `Names`), which no name can lead
+out of the directory the operator wrote.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .naming import host_component
 
 Expand = Callable[[str], str]
 
@@ -19,9 +24,71 @@ class ConfigError(ValueError):
     """Operator configuration or user input that cannot work; the message names the problem."""
 
 
-def pushed_files(entries: Iterable, expand: Expand) -> list[dict]:
+def _expand_path(template: str, values: dict[str, str], where: str, kind: str) -> str:
+    """Expand a path template one '/'-separated part at a time, refusing a part that a name
+    turned into '.' or '..', or into something holding a '/' or a NUL: the path must stay
+    where the operator wrote it, whatever the user or server is called."""
+    parts = []
+    bad = False
+    for part in template.split("/"):
+        try:
+            expanded = part.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{where}: cannot expand the {kind} {template!r} ({type(e).__name__}: {e}); "
+                              f"it may use {', '.join('{' + k + '}' for k in values)}") from None
+        if "/" in expanded or "\0" in expanded or (expanded in (".", "..") and expanded != part):
+            bad = True
+        parts.append(expanded)
+    path = "/".join(parts)
+    if bad or "\0" in path:
+        raise ConfigError(f"{where}: the {kind} {template!r} would be {path!r}: this user or server name would "
+                          "put a '/', a '.' or '..' part or a NUL into it, leading out of its directory; refused")
+    return path
+
+
+def host_path(template: str, username: str, servername: str = "", where: str = "path") -> str:
+    """A path on the hub host or member (a mounted directory, a pushed file's source). As in
+    DockerSpawner's volumes, {username} and {servername} are the escaped names (naming.
+    host_component: letters, digits, '-' and '.' kept, the rest `_xx`; the default server's
+    {servername} is ""), so a name is always one directory name; {raw_username} and
+    {raw_servername} are the names as they are, only where the operator writes them, and then
+    refused when they would step out of the directory ('/', '..', NUL)."""
+    values = {"username": host_component(username) if username else "",
+              "servername": host_component(servername) if servername else "",
+              "raw_username": username, "raw_servername": servername}
+    return _expand_path(template, values, where, "host path")
+
+
+def container_path(template: str, username: str, servername: str = "", where: str = "path") -> str:
+    """A path inside the container: {username} and {servername} are the names as they are (as
+    before; the account is naming.posix_username), refused when they would step out of the
+    directory ('/', '..', NUL). {raw_username} and {raw_servername} are the same."""
+    values = {"username": username, "servername": servername,
+              "raw_username": username, "raw_servername": servername}
+    return _expand_path(template, values, where, "container path")
+
+
+@dataclass(frozen=True)
+class Names:
+    """One server's user and server names, expanded into the operator's templates."""
+    username: str
+    servername: str = ""
+
+    def text(self, template: str) -> str:
+        """Plain text (a device name): the names as they are."""
+        return template.format(username=self.username, servername=self.servername)
+
+    def host(self, template: str, where: str = "path") -> str:
+        return host_path(template, self.username, self.servername, where)
+
+    def container(self, template: str, where: str = "path") -> str:
+        return container_path(template, self.username, self.servername, where)
+
+
+def pushed_files(entries: Iterable, names: Names) -> list[dict]:
     """files_to_push: [host_src, container_dst] pairs (the seed's form) or dicts with
-    `target` and one of `source`/`content`, plus optional mode, uid, gid."""
+    `target` and one of `source`/`content`, plus optional mode, uid, gid. Sources are host
+    paths, targets container paths (see host_path, container_path)."""
     files = []
     for i, entry in enumerate(entries):
         where = f"files_to_push[{i}]"
@@ -31,9 +98,9 @@ def pushed_files(entries: Iterable, expand: Expand) -> list[dict]:
                 raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
             if "target" not in entry or ("source" in entry) == ("content" in entry):
                 raise ConfigError(f"{where}: needs 'target' and exactly one of 'source' or 'content'")
-            item = {"target_path": expand(str(entry["target"]))}
+            item = {"target_path": names.container(str(entry["target"]), where)}
             if "source" in entry:
-                item["source"] = expand(str(entry["source"]))
+                item["source"] = names.host(str(entry["source"]), where)
             else:
                 item["content"] = str(entry["content"])
             mode = str(entry.get("mode", "0644"))
@@ -45,7 +112,8 @@ def pushed_files(entries: Iterable, expand: Expand) -> list[dict]:
                 src, dst = entry
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: expected [host_src, container_dst], got {entry!r}") from None
-            item = {"target_path": expand(str(dst)), "source": expand(str(src)), "mode": "0644"}
+            item = {"target_path": names.container(str(dst), where), "source": names.host(str(src), where),
+                    "mode": "0644"}
         if not item["target_path"].startswith("/"):
             raise ConfigError(f"{where}: container path {item['target_path']!r} must be absolute")
         if "source" in item:
@@ -56,19 +124,21 @@ def pushed_files(entries: Iterable, expand: Expand) -> list[dict]:
     return files
 
 
-def mounts(entries: Iterable, expand: Expand, shift: bool) -> list[dict]:
+def mounts(entries: Iterable, names: Names, shift: bool) -> list[dict]:
     """filesystems_to_mount: [name, host_dir, container_path] triples -> module disks."""
     disks = []
     for i, entry in enumerate(entries):
+        where = f"filesystems_to_mount[{i}]"
         try:
             name, host_dir, path = entry
         except (TypeError, ValueError):
-            raise ConfigError(f"filesystems_to_mount[{i}]: expected [name, host_dir, container_path]") from None
-        name, host_dir, path = expand(str(name)), expand(str(host_dir)), expand(str(path))
+            raise ConfigError(f"{where}: expected [name, host_dir, container_path]") from None
+        name = names.text(str(name))
+        host_dir, path = names.host(str(host_dir), where), names.container(str(path), where)
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-            raise ConfigError(f"filesystems_to_mount[{i}]: {name!r} is not a valid device name")
+            raise ConfigError(f"{where}: {name!r} is not a valid device name")
         if not (host_dir.startswith("/") and path.startswith("/")):
-            raise ConfigError(f"filesystems_to_mount[{i}]: paths must be absolute ({host_dir!r}, {path!r})")
+            raise ConfigError(f"{where}: paths must be absolute ({host_dir!r}, {path!r})")
         disks.append({"name": name, "source": host_dir, "path": path, "shift": shift})
     return disks
 
@@ -117,6 +187,35 @@ def command_lists(entries: Iterable, expand: Expand, option: str) -> list[list[s
                                   "there")
         commands.append(expanded)
     return commands
+
+
+#: The user_options keys the spawner itself reads (options_from_form's): each must be a string
+#: when given. Other keys pass untouched: an operator's own form or module_variables callable
+#: may read them, with whatever types it expects.
+USER_OPTIONS = ("image",)
+
+
+def checked_user_options(options) -> dict:
+    """user_options as a dict, refused when it is not a mapping or an option the spawner reads
+    is not a string: through the REST API a user can send any JSON ({"image": 5},
+    {"image": ["a"]}), and that must be a clear refusal, not a TypeError deep in a check.
+    None (or an absent key) means "not chosen"."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"user_options must be an object of option names and values, "
+                          f"not {type(options).__name__}")
+    for key in USER_OPTIONS:
+        value = options.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"user_options[{key!r}] must be a string, not {type(value).__name__} "
+                              f"({_short_repr(value)})")
+    return dict(options)
+
+
+def _short_repr(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def image_choices(allowed) -> dict[str, str]:

@@ -61,6 +61,7 @@ class Member:
     name: str
     status: str
     address: str  # host part of the member's URL ("" when standalone)
+    groups: tuple[str, ...] = ()  # the cluster groups it is in (lxc cluster group assign)
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def _members(client: pylxd.Client) -> list[Member]:
     for m in raw:
         url = m.get("url") or ""
         host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-        members.append(Member(m["server_name"], m.get("status", ""), host))
+        members.append(Member(m["server_name"], m.get("status", ""), host, tuple(m.get("groups") or ())))
     return members
 
 
@@ -208,15 +209,22 @@ async def instance_status(endpoint: Endpoint, name: str, max_age: float) -> Inst
     return (await asyncio.shield(answer)).get(name)
 
 
-def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
+def _or_none(fetch):
+    """fetch()'s answer, or None when the daemon says 404 (pylxd raises either exception)."""
     try:
-        data = client.api.instances[name].get().json()["metadata"]
+        return fetch()
     except NotFound:
         return None
     except LXDAPIException as e:
         if getattr(e.response, "status_code", None) == 404:
             return None
         raise
+
+
+def _instance(client: pylxd.Client, name: str) -> InstanceInfo | None:
+    data = _or_none(lambda: client.api.instances[name].get().json()["metadata"])
+    if data is None:
+        return None
     return InstanceInfo(name, data.get("status", ""), data.get("location") or "", data.get("config") or {},
                         data.get("created_at") or "")
 
@@ -234,6 +242,46 @@ async def instance_counts(endpoint: Endpoint, managed_only: bool = False) -> Cou
 async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
     """The instance's status and location, or None when it does not exist."""
     return await _run(endpoint, lambda c: _instance(c, name), "instance")
+
+
+def _instance_network(client: pylxd.Client, name: str) -> dict | None:
+    """Status, expanded config and network interfaces of an instance in one request
+    (recursion=1 includes its state); None when it does not exist."""
+    try:
+        data = client.api.instances[name].get(params={"recursion": 1}).json()["metadata"]
+    except NotFound:
+        return None
+    except LXDAPIException as e:
+        if getattr(e.response, "status_code", None) == 404:
+            return None
+        raise
+    state = data.get("state") or {}
+    return {"status": data.get("status", ""), "config": data.get("expanded_config") or {},
+            "network": state.get("network") or {}}
+
+
+async def instance_network(endpoint: Endpoint, name: str) -> dict | None:
+    """{"status", "config" (expanded), "network"} of the instance, "network" as LXD reports it
+    ({interface: {"addresses": [{"family", "address", "scope", ...}], ...}}); None when it does
+    not exist."""
+    return await _run(endpoint, lambda c: _instance_network(c, name), "instance_network")
+
+
+def _profile_devices(client: pylxd.Client, names: list[str]) -> list[dict]:
+    """The devices of each named profile, in order ({} for a profile that does not exist:
+    the apply names that one)."""
+    found = []
+    for name in names:
+        try:
+            found.append(client.api.profiles[name].get().json()["metadata"].get("devices") or {})
+        except NotFound:
+            found.append({})
+    return found
+
+
+async def profile_devices(endpoint: Endpoint, names: list[str]) -> list[dict]:
+    """Devices of the profiles `names`, in order: what an instance with them would get."""
+    return await _run(endpoint, lambda c: _profile_devices(c, names), "profile_devices")
 
 
 async def server_info(endpoint: Endpoint) -> dict:
@@ -361,3 +409,92 @@ async def execute(endpoint: Endpoint, name: str, argv: list[str], uid: int = 0, 
                   cwd: str = "/", env: dict | None = None) -> tuple[int, str, str]:
     """Run an argument list in the instance as uid:gid: (exit code, stdout, stderr)."""
     return await _run(endpoint, lambda c: _exec(c, name, argv, uid, gid, cwd, env or {}), "execute")
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    pool: str
+    location: str  # the member it is on; "" on a standalone server
+    config: dict
+    used_bytes: int | None = None
+
+
+#: Drivers whose volumes every cluster member reaches (a volume on them belongs to no member).
+SHARED_POOL_DRIVERS = {"ceph", "cephfs", "cephobject"}
+
+
+def _volume(client: pylxd.Client, pool: str, name: str, target: str | None, usage: bool) -> VolumeInfo | None:
+    path = client.api.storage_pools[pool].volumes.custom[name]
+    params = {"target": target} if target else None
+    data = _or_none(lambda: path.get(params=params).json()["metadata"])
+    if data is None:
+        return None
+    used = None
+    if usage:
+        state = _or_none(lambda: path.state.get(params=params).json().get("metadata")) or {}
+        used = (state.get("usage") or {}).get("used")
+    location = data.get("location") or ""
+    return VolumeInfo(name, pool, "" if location == "none" else location, data.get("config") or {}, used)
+
+
+async def volume(endpoint: Endpoint, pool: str, name: str, target: str | None = None,
+                 usage: bool = False) -> VolumeInfo | None:
+    """A custom volume (with its space used, when asked), or None when it does not exist."""
+    return await _run(endpoint, lambda c: _volume(c, pool, name, target, usage), "volume")
+
+
+def _pool_driver(client: pylxd.Client, pool: str) -> str | None:
+    found = _or_none(lambda: client.api.storage_pools[pool].get().json()["metadata"])
+    return None if found is None else found.get("driver", "")
+
+
+async def pool_driver(endpoint: Endpoint, pool: str) -> str | None:
+    """The storage pool's driver (btrfs, zfs, lvm, dir, ceph...), None when there is no such pool."""
+    return await _run(endpoint, lambda c: _pool_driver(c, pool), "pool_driver")
+
+
+def _managed_volumes(client: pylxd.Client) -> list[VolumeInfo]:
+    found = []
+    for pool in client.api.storage_pools.get().json().get("metadata") or []:
+        name = pool.rsplit("/", 1)[-1]
+        raw = client.api.storage_pools[name].volumes.get(params={"recursion": 1}).json().get("metadata") or []
+        for v in raw:
+            if v.get("type") == "custom" and (v.get("config") or {}).get(MANAGED_KEY) == "true":
+                location = v.get("location") or ""
+                found.append(VolumeInfo(v["name"], name, "" if location == "none" else location, v.get("config") or {}))
+    return found
+
+
+async def managed_volumes(endpoint: Endpoint) -> list[VolumeInfo]:
+    """Every custom volume this spawner made (on any hub), in every pool."""
+    return await _run(endpoint, _managed_volumes, "managed_volumes")
+
+
+def _patch_volume_config(client: pylxd.Client, pool: str, name: str, target: str | None, config: dict) -> None:
+    path = client.api.storage_pools[pool].volumes.custom[name]
+    params = {"target": target} if target else None
+    path.patch(json={"config": config}, params=params)
+
+
+async def patch_volume_config(endpoint: Endpoint, pool: str, name: str, target: str | None, config: dict) -> None:
+    """Set some keys of a custom volume's config, keeping the others (PATCH)."""
+    await _run(endpoint, lambda c: _patch_volume_config(c, pool, name, target, config), "patch_volume")
+
+
+def _delete_volume_snapshots(client: pylxd.Client, pool: str, name: str, target: str | None) -> int:
+    path = client.api.storage_pools[pool].volumes.custom[name]
+    params = {"target": target} if target else None
+    snapshots = _or_none(lambda: path.snapshots.get(params=params).json().get("metadata")) or []
+    for url in snapshots:
+        response = path.snapshots[url.rsplit("/", 1)[-1]].delete(params=params)
+        operation = (response.json() or {}).get("operation")
+        if operation:
+            client.operations.wait_for_operation(operation)
+    return len(snapshots)
+
+
+async def delete_volume_snapshots(endpoint: Endpoint, pool: str, name: str, target: str | None = None) -> int:
+    """Delete a custom volume's snapshots (LXD 5.0 refuses to delete a volume that has some);
+    returns how many there were."""
+    return await _run(endpoint, lambda c: _delete_volume_snapshots(c, pool, name, target), "delete_snapshots")

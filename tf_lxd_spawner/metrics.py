@@ -18,8 +18,9 @@ SPAWN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 90, 
 LXD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf"))
 
 SPAWN_SECONDS = Histogram(
-    "tf_lxd_spawner_spawn_duration_seconds", "Whole start() of a server, by outcome (ok, failed)",
-    ["outcome"], buckets=SPAWN_BUCKETS)
+    "tf_lxd_spawner_spawn_duration_seconds",
+    "Whole start() of a server, by outcome (ok, failed, cancelled) and profile (profile_list's slug, '' without)",
+    ["outcome", "profile"], buckets=SPAWN_BUCKETS)
 SPAWN_STAGE_SECONDS = Histogram(
     "tf_lxd_spawner_spawn_stage_duration_seconds",
     "Time in each stage of a start (preflight, lock, placement, render, init, check, apply, files, start, "
@@ -65,8 +66,9 @@ LXD_ERRORS = Counter(
     ["call", "kind"])
 
 
-def observe_spawn(stages, outcome: str) -> None:
-    _observe(SPAWN_SECONDS, SPAWN_STAGE_SECONDS, stages, outcome)
+def observe_spawn(stages, outcome: str, profile: str = "") -> None:
+    SPAWN_SECONDS.labels(outcome, profile).observe(stages.record()["duration"])
+    _observe_stages(SPAWN_STAGE_SECONDS, stages, outcome)
 
 
 def observe_stop(stages, outcome: str) -> None:
@@ -74,8 +76,12 @@ def observe_stop(stages, outcome: str) -> None:
 
 
 def _observe(total: Histogram, per_stage: Histogram, stages, outcome: str) -> None:
+    total.labels(outcome).observe(stages.record()["duration"])
+    _observe_stages(per_stage, stages, outcome)
+
+
+def _observe_stages(per_stage: Histogram, stages, outcome: str) -> None:
     record = stages.record()
-    total.labels(outcome).observe(record["duration"])
     for name, seconds in record["stages"].items():
         per_stage.labels(name, outcome).observe(seconds)
 

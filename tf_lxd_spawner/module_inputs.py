@@ -29,6 +29,10 @@ OWNED_INPUTS = {
 }
 
 
+#: The home volume's disk device: a name no operator's mount ("home" in the seed's) takes.
+HOME_DEVICE = "tf-lxd-home"
+
+
 def hub_address(spawner) -> tuple[str, int, str]:
     """(host, port) of the hub API as the member sees it, and the API URL as the container
     sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device."""
@@ -47,10 +51,16 @@ def container_env(spawner, api_url_inside: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items()}
 
 
+def path_names(spawner) -> config_inputs.Names:
+    """The names {username}/{servername} stand for in this server's paths (escaped on the
+    host: see inputs.host_path)."""
+    return config_inputs.Names(spawner.user.name, spawner.name or "")
+
+
 def _disks(spawner, uid: int, gid: int) -> list[dict]:
     shift = spawner.mount_idmap == "shift" and not spawner.privileged_container
-    disks = config_inputs.mounts(spawner.filesystems_to_mount, spawner.expand, shift)
-    for d in disks:  # existence was checked by preflight
+    disks = config_inputs.mounts(spawner.filesystems_to_mount, path_names(spawner), shift)
+    for d in disks:  # existence was checked by preflight; no name can lead out of the directory
         if spawner.create_mount_dirs and not os.path.exists(d["source"]):
             os.makedirs(d["source"], mode=0o750)
             os.chown(d["source"], uid, gid)
@@ -110,4 +120,7 @@ async def module_inputs(spawner, plan, listen_address: str, listen_port: int | N
     if not spawner.backend_info.provider_files:  # the LXD provider cannot write files into Incus instances
         found["files_via_provider"] = False
     found.update(await extra_inputs(spawner))
+    if plan.volume is not None:  # the home volume first; an operator's own volumes after it
+        home = {"name": HOME_DEVICE, "pool": plan.volume.pool, "source": plan.volume.name, "path": plan.volume.mount_path}
+        found["volumes"] = [home, *found.get("volumes", [])]
     return found

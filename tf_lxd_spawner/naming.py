@@ -1,4 +1,5 @@
-"""Names derived from JupyterHub user and server names: LXD instance names and POSIX accounts.
+"""Names derived from JupyterHub user and server names: LXD instance names, POSIX accounts
+and directory names (workspaces, and {username}/{servername} in host paths).
 
 JupyterHub names can hold anything (quotes, `${...}`, non-ASCII, 80+ characters). LXD allows
 letters, digits and hyphens, at most 63, starting with a letter. Whenever cleaning changed a
@@ -9,11 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import string
 import unicodedata
+
+from escapism import escape
 
 LXD_NAME_MAX = 63
 POSIX_NAME_MAX = 32
 _HASH_LEN = 8
+#: Longest directory name a workspace gets: NAME_MAX (255 bytes) less room for the archive
+#: suffix `.deleted-<UTC time>` and the `.<name>.tmp` of atomic writes.
+PATH_COMPONENT_MAX = 200
+_PATH_HASH_LEN = 16
+_SAFE_CHARS = set(string.ascii_lowercase + string.digits + ".")
 
 
 def _digest(*parts: str) -> str:
@@ -48,3 +57,42 @@ def posix_username(username: str) -> str:
         cleaned = f"u-{cleaned}".rstrip("-")
     head = cleaned[: POSIX_NAME_MAX - _HASH_LEN - 1].rstrip("-")
     return f"{head}-{_digest(username)}"
+
+
+def _one_component(name: str, safe: set, escape_char: str, marker: str, dot: str) -> str:
+    """`name` escaped (`<escape_char>xx`) to one directory name: never '.' or '..' (a '.' is then
+    `dot`), and cut to
+    PATH_COMPONENT_MAX with `marker` and a hash of the whole name (the marker is a character the
+    escaping never leaves, so a cut name cannot collide with another)."""
+    escaped = escape(name, safe=safe, escape_char=escape_char)
+    if escaped in (".", ".."):
+        escaped = escaped.replace(".", dot)
+    if len(escaped) > PATH_COMPONENT_MAX:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_PATH_HASH_LEN]
+        escaped = f"{escaped[:PATH_COMPONENT_MAX - _PATH_HASH_LEN - 1]}{marker}{digest}"
+    return escaped
+
+
+def path_component(name: str) -> str:
+    """A name made safe as one directory name of the state_dir: lower-case letters, digits and
+    '.' kept, the rest escaped (`-xx`), so two different names never share a directory. A name
+    whose escaped form is too long for the file system (a 255-character JupyterHub name, or a
+    few dozen non-ASCII letters at 3 bytes each, escaped to 9 characters) is cut and ends in `_`
+    and a hash of the whole name: '_' never appears unescaped otherwise, so it cannot collide."""
+    if not name:
+        return "_empty"  # '_' is always escaped in names, so this stands for "" alone
+    return _one_component(name, _SAFE_CHARS, "-", "_", "-2e")
+
+
+#: What a name keeps in a host path, as DockerSpawner's volumes keep it (letters, digits, '-'),
+#: and '.'; anything else is `_xx` (its UTF-8 bytes in hex).
+_HOST_SAFE = set(string.ascii_letters + string.digits + "-.")
+
+
+def host_component(name: str) -> str:
+    """A user or server name as one directory name of a host path ({username} in
+    filesystems_to_mount and files_to_push): usual names stay as they are ("jean-luc",
+    "john.doe"), anything else is escaped as DockerSpawner escapes volume names, so two names
+    never share a directory and none is '/', '.' or '..'. A name too long for the file system is
+    cut and ends in '~' and a hash of the whole name ('~' is always escaped otherwise)."""
+    return _one_component(name, _HOST_SAFE, "_", "~", "_2E")  # escapism's own spelling of '.'

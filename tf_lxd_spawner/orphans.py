@@ -2,7 +2,9 @@
 
 - an orphan instance: LXD has an instance this hub made (its labels carry this state_dir's hub
   id and name a workspace under state_dir) that no workspace's Terraform state holds;
-- a stale workspace: a workspace whose state holds an instance LXD no longer has.
+- a stale workspace: a workspace whose state holds an instance LXD no longer has;
+- an orphan volume: a home volume this hub made that no volume workspace holds (reported only:
+  it holds a user's files).
 
 Ownership is the hub id kept in `<state_dir>/.hub-id`, not the path alone: another hub on another
 host may use the same state_dir path. Instances younger than a grace period are left alone (a
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import lxd
+from .storage import VOLUMES_DIR
 from .terraform import TerraformRunner
 from .workspace import DESTROY_ENV, StateUnreadable, Workspace, WorkspaceBusy, existing_hub_id
 
@@ -34,12 +37,15 @@ DEFAULT_GRACE = 600.0
 class Report:
     orphan_instances: list[dict] = field(default_factory=list)  # {name, location, workspace}
     stale_workspaces: list[dict] = field(default_factory=list)  # {workspace, instance}
+    #: Home volumes this hub made that no volume workspace holds (a user deleted with
+    #: delete_storage = False, or a workspace lost): reported, never deleted by clean (user data).
+    orphan_volumes: list[dict] = field(default_factory=list)  # {name, pool, location, user, workspace}
     skipped: list[dict] = field(default_factory=list)  # {name, reason}: ours, but not judged now
     actions: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not self.orphan_instances and not self.stale_workspaces
+        return not self.orphan_instances and not self.stale_workspaces and not self.orphan_volumes
 
 
 def _state_instances(ws: Workspace) -> set[str]:
@@ -52,6 +58,22 @@ def _state_instances(ws: Workspace) -> set[str]:
             if name:
                 names.add(name)
     return names
+
+
+def _state_volumes(state_dir: Path) -> set[tuple[str, str]]:
+    """(pool, name) of every volume a volume workspace's state holds."""
+    held = set()
+    for path in sorted(state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfstate")):
+        try:
+            resources = Workspace(path.parent).state_resources()
+        except StateUnreadable:
+            continue
+        for res in resources:
+            if res.get("type") == "lxd_volume":
+                for inst in res.get("instances", []):
+                    attrs = inst.get("attributes") or {}
+                    held.add((attrs.get("pool", ""), attrs.get("name", "")))
+    return held
 
 
 def _workspaces(state_dir: Path) -> list[Workspace]:
@@ -113,6 +135,13 @@ async def scan(state_dir: str | Path, endpoint: lxd.Endpoint, grace: float = DEF
     for name, ws in sorted(held.items()):
         if name not in live:
             report.stale_workspaces.append({"workspace": str(ws.path), "instance": name})
+    held_volumes = await asyncio.to_thread(_state_volumes, state_dir)
+    for vol in await lxd.managed_volumes(endpoint):
+        path = vol.config.get(lxd.WORKSPACE_KEY, "")
+        if ours and vol.config.get(lxd.HUB_ID_KEY) == ours and path.startswith(prefix) \
+                and (vol.pool, vol.name) not in held_volumes:
+            report.orphan_volumes.append({"name": vol.name, "pool": vol.pool, "location": vol.location,
+                                          "user": vol.config.get("user.tf-lxd-spawner.user", ""), "workspace": path})
     return report
 
 
@@ -150,6 +179,9 @@ def render(report: Report) -> str:
         lines.append(f"orphan instance\t{inst['name']}\t{inst['location']}\t{inst['workspace']}")
     for stale in report.stale_workspaces:
         lines.append(f"stale workspace\t{stale['workspace']}\t{stale['instance']}")
+    for vol in report.orphan_volumes:
+        lines.append(f"orphan volume\t{vol['pool']}/{vol['name']}\t{vol['location']}\tuser {vol['user']!r}\t"
+                     "kept (it holds a user's files): delete it with the daemon's client when sure")
     lines += [f"skipped\t{s['name']}\t{s['reason']}" for s in report.skipped]
     lines += [f"done\t{a}" for a in report.actions]
     return "\n".join(lines) if lines else "no orphans"
@@ -157,4 +189,5 @@ def render(report: Report) -> str:
 
 def as_json(report: Report) -> str:
     return json.dumps({"orphan_instances": report.orphan_instances, "stale_workspaces": report.stale_workspaces,
+                       "orphan_volumes": report.orphan_volumes,
                        "skipped": report.skipped, "actions": report.actions})

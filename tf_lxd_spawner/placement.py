@@ -48,6 +48,24 @@ def least_loaded(
     return min(usable, key=rank).name
 
 
+def eligible(members: Iterable[Member], allowed: Iterable[str] = (), group: str = "") -> list[Member]:
+    """The members a server may go to by allowed_members and cluster_group (both when both
+    are set), whatever their status; refused naming the setting when none is left."""
+    members = list(members)
+    allowed = set(allowed)
+    chosen = [m for m in members if (not allowed or m.name in allowed) and (not group or group in m.groups)]
+    if not chosen:
+        wanted = " and ".join(filter(None, [f"allowed_members {sorted(allowed)}" if allowed else "",
+                                            f"cluster_group {group!r}" if group else ""]))
+        raise NoMemberAvailable(f"no cluster member matches {wanted} (members: "
+                                f"{', '.join(f'{m.name} {list(m.groups)}' for m in members) or 'none'})")
+    return chosen
+
+
+def restricted(spawner) -> bool:
+    return bool(spawner.allowed_members or spawner.cluster_group)
+
+
 class Reservations:
     """In-flight placements per member, shared by all spawners of a hub.
 

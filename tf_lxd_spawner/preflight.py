@@ -11,11 +11,11 @@ from urllib.parse import urlparse
 
 from jupyterhub.utils import maybe_future
 
-from . import audit, backends, lxd
+from . import audit, backends, connect, lxd, storage
 from . import inputs as config_inputs
 from .errors import SpawnError
 from .inputs import ConfigError
-from .module_inputs import extra_inputs, hub_address
+from .module_inputs import extra_inputs, hub_address, path_names
 from .ports import is_loopback, is_this_host, resolve
 
 
@@ -29,16 +29,23 @@ class Plan:
     members: list[lxd.Member] = field(default_factory=list)
     hub_id: str = ""
     target: str | None = None
+    volume: "storage.Volume | None" = None  # the user's home volume (storage_enabled)
 
 
 async def run(spawner) -> Plan:
     """Every check, in the order a user would want the first problem named."""
     plan = Plan()
     try:
-        spawner.chosen_image = config_inputs.chosen_image(
-            spawner.allowed_images, (spawner.user_options or {}).get("image"), spawner.image)
-        plan.files = await asyncio.to_thread(config_inputs.pushed_files, spawner.files_to_push, spawner.expand)
-        disks = config_inputs.mounts(spawner.filesystems_to_mount, spawner.expand, False)
+        options = config_inputs.checked_user_options(spawner.user_options)
+        await spawner.apply_profile(options)
+        if spawner.profile:  # the profile chose the image (an "image" option is the profile's)
+            spawner.chosen_image = spawner.image
+        else:
+            spawner.chosen_image = config_inputs.chosen_image(spawner.allowed_images, options.get("image"),
+                                                              spawner.image)
+        names = path_names(spawner)  # {username} in host paths: the escaped name
+        plan.files = await asyncio.to_thread(config_inputs.pushed_files, spawner.files_to_push, names)
+        disks = config_inputs.mounts(spawner.filesystems_to_mount, names, False)
         config_inputs.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
                              spawner.container_cpu_share)
         plan.prepare_cmds = config_inputs.command_lists(spawner.commands_to_prepare, spawner.expand,
@@ -58,7 +65,7 @@ async def run(spawner) -> Plan:
     binary = spawner.terraform_binary
     if shutil.which(binary) is None:
         raise SpawnError(f"terraform_path {binary!r} was not found (is it installed and on PATH?)")
-    await extra_inputs(spawner)  # refuses overrides of the spawner's own inputs
+    extra = await extra_inputs(spawner)  # refuses overrides of the spawner's own inputs
     plan.ids = await uid_gid(spawner)  # refuses root
     try:
         wrong_daemon = backends.mismatch(spawner.backend_info, await audit.read_daemon(spawner),
@@ -69,11 +76,39 @@ async def run(spawner) -> Plan:
             raise SpawnError(f"image {spawner.chosen_image!r} does not exist on the "
                              f"{spawner.backend_info.display} server")
         plan.members = await lxd.members(spawner.endpoint)
+        await check_instance_gets_a_nic(spawner, extra)
     except lxd.LxdUnavailable as e:
         raise SpawnError(str(e)) from None
     await check_members_reach_hub(spawner, plan.members)
+    if spawner.storage_enabled:
+        plan.volume = await check_storage(spawner)
+        mounted = [d for d in disks if d.get("path", "").rstrip("/") == plan.volume.mount_path.rstrip("/")]
+        if mounted:  # the operator's own home storage (the seed's /srv/homes mount): it is the home
+            spawner.log.info("%s: filesystems_to_mount %r is mounted at %s, the home: no home volume for it",
+                             spawner.instance, mounted[0].get("name"), plan.volume.mount_path)
+            plan.volume = None
     plan.hub_id = await spawner.owner_id()
     return plan
+
+
+async def check_storage(spawner) -> "storage.Volume":
+    """The home volume's settings make sense and its pool exists."""
+    vol = await storage.recorded_volume(spawner, storage.volume_for(spawner))
+    try:
+        storage.size_bytes(vol.size)
+    except ValueError as e:
+        raise SpawnError(f"storage_capacity: {e}", reason="config") from None
+    await storage.refuse_shrinking(spawner, vol)
+    if not isinstance(spawner.storage_config, dict) or "size" in spawner.storage_config:
+        raise SpawnError("storage_config may not set size: use storage_capacity", reason="config")
+    try:
+        driver = await lxd.pool_driver(spawner.endpoint, vol.pool)
+    except lxd.LxdUnavailable as e:
+        raise SpawnError(str(e)) from None
+    if driver is None:
+        raise SpawnError(f"storage_pool {vol.pool!r} does not exist on the {spawner.backend_info.display} server",
+                         reason="config")
+    return vol
 
 
 async def uid_gid(spawner) -> tuple[int, int]:
@@ -118,3 +153,19 @@ async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
             f"at {api}, a loopback address a container there cannot reach: set "
             "c.Spawner.hub_connect_url (or c.JupyterHub.hub_connect_ip) to an address of the hub that "
             "members can reach, and make the hub listen there (c.JupyterHub.hub_ip)")
+
+
+async def check_instance_gets_a_nic(spawner, extra: dict) -> None:
+    """connect_via = "instance-ip" with the shipped module: refuse, before anything is made, an
+    instance that would get no nic from its profiles or devices (it could never have an address,
+    and the provider would wait minutes for one). Another module may add nics of its own."""
+    if spawner.connect_via != "instance-ip" or spawner.module_source != spawner.trait_defaults("module_source"):
+        return
+    profiles = list(extra.get("profiles", spawner.lxd_profiles))
+    devices = extra.get("devices") or {}
+    if not connect.has_nic(await lxd.profile_devices(spawner.endpoint, profiles), devices):
+        raise SpawnError(
+            f"connect_via = \"instance-ip\" needs a nic in the container, and neither its profiles "
+            f"({', '.join(profiles) or 'none'}) nor module_variables' devices give it one: add a profile "
+            "with a nic on a bridge the hub can route to (c.LxdSpawner.lxd_profiles), or use "
+            "connect_via = \"proxy\"")

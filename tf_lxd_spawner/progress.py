@@ -57,10 +57,12 @@ class Progress:
             elif kind == "apply_complete" and "lxd_container" in addr:
                 self._apply_started = None
                 self.emit(85, f"Instance {instance} is running{where} ({hook.get('elapsed_seconds', 0)} s)")
+            # Terraform's and LXD's own words stay in the hub's log and the run log: they can
+            # name hosts, paths and other users' settings.
             elif kind == "apply_errored":
-                self.emit(85, f"Terraform failed on {addr}: {event.get('@message', '')}")
+                self.emit(85, f"Terraform failed on {addr} (the details are in the hub's log)")
             elif kind == "diagnostic" and (event.get("diagnostic") or {}).get("severity") == "error":
-                self.emit(85, f"Terraform error: {event['diagnostic'].get('summary', '')}")
+                self.emit(85, "Terraform reported an error (the details are in the hub's log)")
 
         return on_event
 

@@ -1,46 +1,48 @@
-"""Recovery: what a hub that died mid-spawn, or a server that ended on its own, left behind is
-removed and recorded."""
+"""Recovery: what an interrupted spawn or a failed clean-up left behind is removed (or, for a
+kept instance, stopped and kept) and recorded; and whether a running server has died.
+
+Only the server's record decides that something was left (state.py): an interrupted spawn is a
+record in phase "creating" that no start holds the lock of, never a guess from what is missing."""
 
 from __future__ import annotations
 
-import asyncio
-
 from . import audit, lxd, metrics, stopping
-from .terraform import TerraformError
-from .workspace import StateUnreadable, WorkspaceBusy
+from .workspace import Workspace
+
+NOTES = {
+    "creating": "removed what an interrupted spawn had made",
+    "creating-kept": "stopped the kept instance an interrupted resume had left; its files are kept",
+    "failed": "removed what a failed clean-up had left",
+    "failed-kept": "stopped the kept instance a failed stop had left; its files are kept",
+    "running": "removed a server the hub no longer knew",
+    "running-kept": "stopped and kept a server the hub no longer knew; its files are kept",
+}
 
 
-async def recover_interrupted_spawn(spawner) -> None:
-    """No saved state, yet the workspace may hold what a spawn made before its hub died (the
-    hub saves state only when a start completes): destroy it, and say so in the audit."""
+async def settle(spawner, ws: Workspace, phase: str, keeps_files: bool) -> None:
+    """Undo what the record says was left: a kept instance (keeps_files) is only stopped, never
+    destroyed; anything else is destroyed. The caller holds the lock; raises when it fails
+    (after recording it)."""
     sp = spawner
-    ws = sp.workspace_dir()
-    if not await asyncio.to_thread(ws.path.exists):
-        return
-    name = sp.instance_name()
+    note = NOTES[f"{phase}-kept" if keeps_files else phase]
+    sp.log.warning("Cleaning up %s: %s", sp.instance, note)
     try:
-        leftover = bool(await asyncio.to_thread(ws.state_resources))
-        if not leftover:
-            info = await lxd.instance(sp.endpoint, name)
-            leftover = lxd.made_for(info, ws.path, await sp.owner_id())
-        if not leftover:
-            return
-        sp.log.warning("Cleaning up %s, left by a spawn the hub did not finish", name)
-        async with ws.lock():
-            sp.instance = name
-            try:
-                await stopping.destroy(sp, ws)
-                await ws.audit({"operation": "recover", **audit.server_fields(sp), "outcome": "ok",
-                                "note": "removed what an interrupted spawn had made"})
-                metrics.RECOVERIES.labels("interrupted_spawn").inc()
-            finally:
-                sp.instance = ""
-    except (lxd.LxdUnavailable, TerraformError, WorkspaceBusy, StateUnreadable) as e:
-        sp.log.error("Could not clean up after the interrupted spawn of %s: %s", name, e)
+        if keeps_files:
+            await stopping.stop_instance(sp)
+        else:
+            await stopping.destroy(sp, ws)
+    except Exception as e:
+        await ws.audit({"operation": "recover", **audit.server_fields(sp), "outcome": "failed",
+                        "note": note, "error": str(e)})
+        raise
+    await ws.audit({"operation": "recover", **audit.server_fields(sp), "outcome": "ok", "note": note,
+                    "kept": keeps_files})
+    metrics.RECOVERIES.labels("interrupted_spawn" if phase == "creating" else "leftover").inc()
 
 
-async def dead_reason(spawner) -> str | None:
-    """Why the server is dead, or None while it runs or when nobody can tell.
+async def dead_reason(spawner) -> tuple[str | None, str]:
+    """Why the server is dead (None while it runs or when nobody can tell), and the member LXD
+    reports it on ("" when unknown).
 
     The image's server unit powers its container off when it ends (exits, or fails for good),
     so the instance's status is the server's: read from one listing that every spawner shares.
@@ -53,27 +55,14 @@ async def dead_reason(spawner) -> str | None:
         if info is not None and info.status not in ("Stopped", ""):
             if info.status != "Running":
                 sp.log.warning("poll(%s): the instance is %s; not calling it dead", sp.instance, info.status)
-            elif info.location:
-                sp.member = info.location
-            return None
+            return None, info.location or ""
         info = await lxd.instance(sp.endpoint, sp.instance)
         if info is None:
-            return "the instance no longer exists"
+            return "the instance no longer exists", ""
         if info.status == "Stopped":
-            return "the instance is Stopped (its server ended)"
-        return None  # it was (re)started since the listing
+            return "the instance is Stopped (its server ended)", info.location or ""
+        return None, info.location or ""  # it was (re)started since the listing
     except lxd.LxdUnavailable as e:
         # Cannot tell: do not declare a server dead because LXD is briefly unreachable.
         sp.log.warning("poll(%s): %s", sp.instance, e)
-        return None
-
-
-async def clean_up_dead(spawner, reason: str) -> None:
-    """The hub will not call stop() for a server poll() reports dead: clean up here, so no
-    container or port is left behind and the audit says what happened."""
-    try:
-        await stopping.stop(spawner, reason=f"found dead by poll: {reason}")
-        metrics.RECOVERIES.labels("dead_server").inc()
-    except Exception as e:  # recorded in the audit by stop(); the server is dead either way
-        spawner.log.error("Cleaning up dead server %s failed: %s", spawner.instance, e)
-    spawner.instance = ""  # done: a later poll (the hub's stop checks again) finds nothing to do
+        return None, ""

@@ -13,8 +13,11 @@ workspace on disk in `workspace`, LXD queries in `lxd`, member choice in `placem
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from jupyterhub.spawner import Spawner
@@ -23,26 +26,30 @@ from traitlets import (Any, Bool, Callable, Dict, Enum, Float, Int, List, TraitE
                        observe, validate)
 
 from . import inputs as config_inputs
-from . import backends, lxd, metrics, naming, preflight, recovery, starting, stopping
+from . import audit, backends, lxd, metrics, naming, preflight, profiles, recovery, renaming, starting, stopping, storage
+from . import state as server_state
 from .environment import DEFAULT_ALLOWED
 from .errors import SpawnError
 from .ports import ports
 from .progress import Progress
 from .stages import Stages
-from .terraform import TerraformRunner, concurrency_gate, pick_binary
-from .workspace import Workspace, hub_id, workspace_path
+from .state import Phase, ServerState
+from .terraform import TerraformError, TerraformRunner, concurrency_gate, pick_binary
+from .tokens import revoke_forgotten_tokens
+from .workspace import StateUnreadable, Workspace, WorkspaceBusy, hub_id, workspace_path
 
 __all__ = ["LxdSpawner", "SpawnError", "default_module_source"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def default_module_source() -> str:
-    """The notebook module shipped in the wheel (or, in a source checkout, the repository's)."""
-    packaged = PACKAGE_DIR / "modules" / "notebook"
+def default_module_source(module: str = "notebook") -> str:
+    """A module shipped in the wheel (or, in a source checkout, the repository's): the notebook
+    module (one server) or the storage module (one user's volume)."""
+    packaged = PACKAGE_DIR / "modules" / module
     if packaged.is_dir():
         return str(packaged)
-    return str(PACKAGE_DIR.parent / "terraform" / "modules" / "notebook")
+    return str(PACKAGE_DIR.parent / "terraform" / "modules" / module)
 
 
 class LxdSpawner(Spawner):
@@ -60,14 +67,18 @@ class LxdSpawner(Spawner):
         [],
         help="""Files copied from the hub host into the container before it starts, as
         [host_src, container_dst] pairs, e.g. [["/etc/passwd", "/etc/passwd"]].
-        {username} and {servername} expand in both paths. A missing source is an error.""",
+        {username} and {servername} expand in both paths: in the host source as the escaped
+        names (as DockerSpawner's volumes; {raw_username}/{raw_servername} for the names as
+        they are), in the container path as they are. A name that would put '/', '..' or NUL
+        into a path is refused. A missing source is an error.""",
     ).tag(config=True)
 
     filesystems_to_mount = List(
         [],
         help="""Host directories mounted into the container, as [name, host_dir, container_path]
         triples, e.g. [["home", "/srv/homes/{username}", "/home/{username}"]]. {username} and
-        {servername} expand in the paths. The host directory must exist on the member.""",
+        {servername} expand as in files_to_push (escaped in host_dir, so a name is always one
+        directory; {raw_username} for the raw name). The host directory must exist on the member.""",
     ).tag(config=True)
 
     privileged_container = Bool(
@@ -167,6 +178,25 @@ class LxdSpawner(Spawner):
         server: an image not listed is refused and nothing is created. Empty: always `image`.""",
     ).tag(config=True)
 
+    profile_list = Union(
+        [List(), Dict(), Callable()],
+        default_value=[],
+        help="""Choices offered to users, in KubeSpawner's shape (a zero-to-jupyterhub
+        configuration works as it is): a list of profiles, a dict of slug -> profile, or a
+        callable(spawner) returning either (may be async). A profile has display_name, slug
+        (made from the display name when missing), description, default, spawner_override (or
+        kubespawner_override: any setting of this spawner, e.g. image, mem_limit, cpu_limit,
+        lxd_profiles, storage_capacity, allowed_members, cluster_group; module_variables merge
+        into yours), groups (only members of one of these JupyterHub groups see and may choose
+        it) and profile_options: {name: {display_name, choices: {slug: {display_name, default,
+        spawner_override}}, unlisted_choice: {enabled, display_name, validation_regex,
+        validation_message, spawner_override with {value}}}}. Chosen in the spawn form or
+        through the REST API as user_options {"profile": slug, "<option>": choice slug,
+        "<option>--unlisted-choice": text}; anything not on offer is refused before anything
+        is made. Overrides apply in order: your configuration, group_overrides, the profile,
+        each option. When set, it replaces the allowed_images choice.""",
+    ).tag(config=True)
+
     stop_grace_period = Float(
         0.0,
         help="""Seconds a stopping server's container gets to shut down cleanly (systemd stops
@@ -177,10 +207,78 @@ class LxdSpawner(Spawner):
 
     remove = Bool(
         True,
-        help="""Delete the container when the server stops (terraform destroy). False: stop and
-        keep it (the next start resumes the same container and its files); it is destroyed and
-        its workspace archived when the server or user is deleted.""",
+        help="""Delete the container when the server stops (terraform destroy). Everything the
+        user wrote inside the container goes with it, at every stop, crash or shutdown from the
+        File menu, except their home volume (storage_enabled, the default) and mounts, which
+        outlive every container. False: stop and keep the
+        container; the next start resumes the same container with its files. A kept container
+        is never destroyed by a failure (a refused or failed resume leaves it as it was); it is
+        destroyed, and its workspace archived, only when the server or its user is deleted.""",
     ).tag(config=True)
+
+    # ---- a user's persistent storage ------------------------------------------------------------
+    storage_enabled = Bool(
+        True,
+        help="""Give each user a persistent home: an LXD custom storage volume, made by Terraform
+        (the storage module) in a workspace of its own, mounted at storage_mount_path in each of
+        their servers. It survives every stop, crash, hub restart, image change and `remove`;
+        it is deleted only with the user (delete_forever), unless delete_storage is False.
+        False: the home is inside the container, and with remove = True it is deleted at every
+        stop.""",
+    ).tag(config=True)
+
+    storage_capacity = Unicode(
+        "10GiB",
+        help="""Size of each home volume (LXD units: 10GiB, 500MiB, 1GB), enforced by the pool: a
+        write past it fails inside the container. The pool must support quotas (btrfs, zfs,
+        lvm, ceph; not dir): `tf-lxd-spawner doctor` checks. Raising it grows existing volumes
+        in place at their next spawn; lowering it is refused (volumes never shrink). Empty: no
+        quota.""",
+    ).tag(config=True)
+
+    storage_pool = Unicode(
+        "default",
+        help="""LXD storage pool of the home volumes. Changing it for existing users is refused
+        (their volume would be replaced, emptied): move their volumes with the daemon first.
+        On a pool local to each cluster member, a user's servers always go to the member their
+        volume is on.""",
+    ).tag(config=True)
+
+    storage_config = Dict(
+        {},
+        help="""Extra LXD configuration of each home volume, e.g. {"snapshots.schedule": "@daily",
+        "snapshots.expiry": "2w"} so the daemon snapshots homes. Applied in place.""",
+    ).tag(config=True)
+
+    storage_name_template = Unicode(
+        "home-{username}",
+        help="""Name of the volume a server mounts ({username}; {servername} for one volume per
+        named server, as KubeSpawner's pvc_name_template). Without {servername} all of a user's
+        servers share one volume. Made valid for LXD as instance names are.""",
+    ).tag(config=True)
+
+    storage_mount_path = Unicode(
+        "",
+        help="""Where the volume is mounted in the container ({username}: the account name inside).
+        Empty: the account's home, /home/<account>. A filesystems_to_mount entry mounted at the
+        same path (the seed's /srv/homes/{username} homes) is the home instead: that server gets
+        no volume.""",
+    ).tag(config=True)
+
+    delete_storage = Bool(
+        True,
+        help="""Delete a user's volume with the user (delete_forever; a per-server volume with its
+        named server). False: keep volumes of deleted users (the orphans command lists them).""",
+    ).tag(config=True)
+
+    storage_module_source = Unicode(
+        help="""Source of the Terraform module that makes one home volume. Default: the storage
+        module shipped with this package.""",
+    ).tag(config=True)
+
+    @default("storage_module_source")
+    def _default_storage_module_source(self):
+        return default_module_source("storage")
 
     # ---- Terraform ------------------------------------------------------------------------------
     terraform_path = Unicode(
@@ -224,6 +322,15 @@ class LxdSpawner(Spawner):
         directory. Keep it: it is the audit record and what a restarted hub finds servers by.""",
     ).tag(config=True)
 
+    share_terraform_init = Bool(
+        True,
+        help="""Run `terraform init` once per root module, in <state_dir>/_terraform-init/, and
+        link every workspace's .terraform to it (with a copy of its lock file), instead of
+        initialising each new workspace (0.4 s of the hub's CPU and a provider binary unpacked per
+        server). Plans and applies only read the shared directory, so concurrent spawns are safe.
+        False: each workspace initialises its own .terraform.""",
+    ).tag(config=True)
+
     terraform_concurrency = Int(
         4,
         help="""Most terraform processes the hub runs at once (all users together). Further
@@ -241,6 +348,20 @@ class LxdSpawner(Spawner):
     def _valid_niceness(self, proposal):
         if not 0 <= proposal["value"] <= 19:
             raise TraitError(f"terraform_niceness {proposal['value']} must be from 0 to 19")
+        return proposal["value"]
+
+    terraform_gogc = Int(
+        400,
+        help="""GOGC (the Go garbage collector's target, in percent) for terraform and its
+        provider, which inherits it. A terraform run lives a second or so: collecting less often
+        saves about an eighth of its CPU for some 20 MB more memory per run (Go's default is 100).
+        0 leaves GOGC to the hub's environment.""",
+    ).tag(config=True)
+
+    @validate("terraform_gogc")
+    def _valid_gogc(self, proposal):
+        if proposal["value"] < 0:
+            raise TraitError(f"terraform_gogc {proposal['value']} must be a percentage (0: Go's own setting)")
         return proposal["value"]
 
     provider_refresh_interval = Unicode(
@@ -340,6 +461,20 @@ class LxdSpawner(Spawner):
         to members LXD reports as Evacuated or Offline.""",
     ).tag(config=True)
 
+    allowed_members = List(
+        [],
+        help="""Cluster members new servers may go to (empty: every member); with
+        cluster_group, a member must be in both. Meant for a profile's spawner_override, e.g.
+        the members with GPUs. A kept server or a home volume already on another member is
+        refused with a message naming it. placement = "lxd" places such servers least-loaded.""",
+    ).tag(config=True)
+
+    cluster_group = Unicode(
+        "",
+        help="""An LXD/Incus cluster group (lxc cluster group create gpu; lxc cluster group
+        assign m1 gpu): new servers go only to its members. Empty: any member.""",
+    ).tag(config=True)
+
     count_managed_only = Bool(
         False,
         help="""Least-loaded placement counts only the instances this spawner manages (config key
@@ -372,13 +507,33 @@ class LxdSpawner(Spawner):
     ).tag(config=True)
 
     # ---- runtime state (not configuration) ------------------------------------------------------
-    instance = Unicode("")
-    member = Unicode("")
-    workspace = Unicode("")
-    url = Unicode("")
-    listen_address = Unicode("")
-    listen_port = Any(None, allow_none=True)
+    #: What exists for this server (state.ServerState); changed only by `_commit`, in this class.
+    record = Any(ServerState())
 
+    @property
+    def instance(self) -> str:
+        """The instance's name: the record's, or the deterministic one this server gets."""
+        return self.record.instance or self.instance_name()
+
+    @property
+    def member(self) -> str:
+        return self.record.member
+
+    @property
+    def url(self) -> str:
+        return self.record.url
+
+    @property
+    def workspace(self) -> str:
+        return self.record.workspace
+
+    @property
+    def listen_address(self) -> str:
+        return self.record.listen_address
+
+    @property
+    def listen_port(self) -> int | None:
+        return self.record.listen_port
 
     @default("cmd")
     def _default_cmd(self):
@@ -429,6 +584,8 @@ class LxdSpawner(Spawner):
     @property
     def runner(self) -> TerraformRunner:  # only inside the event loop: the gate belongs to it
         env = {"TF_CLI_CONFIG_FILE": self.terraform_cli_config} if self.terraform_cli_config else {}
+        if self.terraform_gogc:
+            env["GOGC"] = str(self.terraform_gogc)
         return TerraformRunner(self.terraform_binary, env=env, gate=concurrency_gate(self.terraform_concurrency),
                                inherit=self.host_environment_allowlist, niceness=self.terraform_niceness)
 
@@ -471,13 +628,40 @@ class LxdSpawner(Spawner):
         self.plan = preflight.Plan()  # what the last start checked and chose
         self.daemon: dict | None = None  # what the last GET /1.0 said (for the audit)
         self._start_task: asyncio.Task | None = None
+        self._cleanup_task: asyncio.Task | None = None  # a cancelled start's clean-up, still running
         self._hub_id = ""
         self._polling = False
         self.chosen_image = self.image
+        self.profile = ""  # the slug of the profile this start chose ("" without profile_list)
+        self._profile_saved: dict = {}  # settings as they were before the profile's overrides
+
+    async def offered_profiles(self) -> list:
+        """The profiles of profile_list (resolved when a callable) this user may choose."""
+        return profiles.offered(await profiles.listed(self), self.user_groups())
+
+    def user_groups(self) -> list[str]:
+        return [g.name for g in getattr(self.user, "groups", None) or []]
+
+    async def apply_profile(self, options: dict) -> None:
+        """The chosen profile's and options' overrides, on settings as they were before the
+        last start's profile changed them; refused (ConfigError) when not on offer."""
+        profiles.restore(self, self._profile_saved)
+        offer = await profiles.listed(self)
+        if not offer:
+            self.profile = ""
+            return
+        selection = profiles.select(offer, options, self.user_groups())
+        changed = profiles.apply_overrides(self, selection.overrides, self._profile_saved,
+                                           f"profile {selection.profile.slug!r}")
+        self.profile = selection.profile.slug
+        self.log.info("%s uses profile %s %s%s", self.instance, self.profile, selection.values or "",
+                      f", setting {', '.join(sorted(set(changed)))}" if changed else "")
 
     @default("options_form")
     def _default_options_form(self):
-        def form(spawner):
+        async def form(spawner):
+            if spawner.profile_list:
+                return profiles.render_form(await spawner.offered_profiles(), spawner.user_options)
             choices = config_inputs.image_choices(spawner.allowed_images)
             if len(choices) < 2:
                 return ""
@@ -493,6 +677,8 @@ class LxdSpawner(Spawner):
         return form
 
     def options_from_form(self, formdata):
+        if self.profile_list:
+            return profiles.from_form(formdata)
         image = (formdata.get("image") or [""])[0]
         return {"image": image} if image else {}
 
@@ -506,18 +692,20 @@ class LxdSpawner(Spawner):
 
     async def _start(self) -> str:
         stages = Stages()
-        kept = self.instance
-        self.instance = self.instance or self.instance_name()
+        ws = self.workspace_dir()
         self.progress_bar.emit(2, f"Checking the request for {self.instance}")
         outcome = "failed"
         try:
-            try:
-                with stages.timed("preflight"):
+            with stages.timed("preflight"):
+                try:
                     self.plan = await preflight.run(self)
-            except BaseException:
-                self.instance = kept  # refused before anything was made: nothing to poll or stop
-                raise
-            url = await starting.start(self, self.plan, stages)
+                except SpawnError as e:  # refused before anything was made or touched
+                    await self._audit_refusal(ws, e, stages)
+                    raise
+            async with contextlib.AsyncExitStack() as held:
+                with stages.timed("lock"):  # another start or stop of this server may hold it
+                    await held.enter_async_context(ws.lock())
+                url = await self._start_locked(ws, stages, held)
             outcome = "ok"
             metrics.server_placed(self.user.name, self.name or "", self.member)
             return url
@@ -525,7 +713,139 @@ class LxdSpawner(Spawner):
             outcome = "cancelled"
             raise
         finally:
-            metrics.observe_spawn(stages, outcome)
+            metrics.observe_spawn(stages, outcome, self.profile)
+
+    async def _start_locked(self, ws: Workspace, stages: Stages, held: contextlib.AsyncExitStack) -> str:
+        try:  # an unreadable Terraform state may hold a kept instance: decide nothing, touch nothing
+            await asyncio.to_thread(ws.state_resources)
+            current = await self._settle(ws, await self._current(ws), "start")
+        except (StateUnreadable, WorkspaceBusy) as e:
+            error = SpawnError(f"cannot start {self.instance}: {e}", reason="state")
+            await self._audit_refusal(ws, error, stages)
+            raise error from None
+        resuming = current.resumable
+        instance = current.instance if resuming else self.instance_name()
+        volume = str(self.plan.volume.workspace) if self.plan.volume is not None else ""
+        await self._commit(ws, current.creating(instance, str(ws.path), self.chosen_image, resuming, volume))
+        attempt = starting.Attempt(resuming=resuming)
+        try:
+            url = await starting.start(self, self.plan, ws, stages, attempt)
+        except asyncio.CancelledError as e:
+            # Stopped mid-spawn (the pending page's Stop button, start_timeout): JupyterHub waits
+            # one second for the spawn to end, then stops it, and refuses (500) while it is
+            # still pending. So the start ends now; its clean-up goes on with the workspace's
+            # lock, which every later start, stop and poll of this server waits for or sees.
+            lock = held.pop_all()
+
+            async def clean_up(cancelled=e):  # (`e` itself is unbound when the except block ends)
+                try:
+                    async with lock:
+                        # First the interrupted Terraform ends (it may be starting the instance
+                        # this clean-up stops or destroys), then the clean-up.
+                        await TerraformRunner.wait_for_interrupted()
+                        await self._failed_start(ws, stages, attempt, cancelled)
+                except Exception as failure:  # recorded by _failed_start; said here too
+                    self.log.error("Cleaning up the cancelled start of %s failed: %s", self.instance, failure)
+
+            self._cleanup_task = asyncio.ensure_future(clean_up())
+            raise
+        except BaseException as e:
+            error = await asyncio.shield(self._failed_start(ws, stages, attempt, e))
+            if error is None:
+                raise  # BaseException (CancelledError, KeyboardInterrupt...) stays what it is
+            raise error from e
+        await self._commit(ws, self.record.running(attempt.member, url, attempt.listen_address,
+                                                   attempt.listen_port, keep_on_stop=not self.remove))
+        return url
+
+    async def _failed_start(self, ws: Workspace, stages: Stages, attempt, e: BaseException) -> SpawnError | None:
+        """Undo a failed start (a kept instance is stopped and kept, anything new destroyed),
+        record what is left, and return the error the user is shown: our own messages as they
+        are; Terraform's and LXD's text only in the hub's log and the audit, with a reference
+        the user can quote (None for a BaseException, which is re-raised as it is)."""
+        reference = uuid.uuid4().hex[:12]
+        if isinstance(e, asyncio.CancelledError):
+            detail = "cancelled (start_timeout exceeded or stop requested)"
+        elif isinstance(e, SpawnError):
+            detail = e.detail
+        else:
+            detail = str(e) or type(e).__name__
+        cleaned = await stopping.clean_failed_start(self, self.plan, ws, attempt.record, stages, detail,
+                                                    keep=attempt.resuming, extra={"reference": reference})
+        if not cleaned:  # the instance may still be there and bound to its port: keep both
+            await self._commit(ws, self.record.placed(attempt.listen_address, attempt.listen_port,
+                                                      attempt.target or "").failed(detail))
+        else:
+            ports.release(attempt.listen_address, attempt.listen_port)
+            await self._commit(ws, self.record.kept() if attempt.resuming else self.record.gone())
+        if not isinstance(e, Exception):
+            return None
+        kept = " Your server and its files are kept as they were." if attempt.resuming else ""
+        if isinstance(e, SpawnError):
+            if kept and "kept" not in e.message:
+                return SpawnError(e.message + kept, reason=e.reason, log_message=e.detail,
+                                  status_code=e.status_code)
+            return e
+        source = "Terraform" if isinstance(e, TerraformError) else self.backend_info.display
+        self.log.error("Start of %s failed (reference %s): %s", self.instance, reference, detail)
+        return SpawnError(
+            f"Starting {self.instance} failed: {source} reported an error.{kept} The administrator can find "
+            f"the details in the hub's log and in the server's audit record (reference {reference}).",
+            reason="error", log_message=f"{detail} (reference {reference})", status_code=500)
+
+    async def _audit_refusal(self, ws: Workspace, e: SpawnError, stages: Stages) -> None:
+        """A server with a workspace (a kept one, or one that ran before) records its refusals;
+        a new one gets no workspace for a refusal."""
+        if await asyncio.to_thread(ws.path.exists):
+            try:
+                phase = (await self._current(ws)).phase.value
+            except StateUnreadable:
+                phase = "unknown (unreadable Terraform state)"
+            await ws.audit({**audit.start_record(self), "outcome": "refused", "error": e.detail,
+                            "phase": phase, **stages.record()})
+
+    # -- the server's record --------------------------------------------------------------------
+    async def _current(self, ws: Workspace) -> ServerState:
+        """What exists: the workspace's record (written at every change, so it also knows an
+        interrupted spawn); for a workspace from before records, the hub's saved state or what
+        its Terraform state holds."""
+        found = await asyncio.to_thread(server_state.read, ws.path)
+        if found is not None:
+            return found
+        if self.record.exists:
+            return self.record
+        if not await asyncio.to_thread(ws.path.exists):
+            return ServerState(workspace=str(ws.path))
+        resources = await asyncio.to_thread(ws.state_resources)
+        return server_state.legacy(resources, self.instance_name(), str(ws.path), keep=not self.remove)
+
+    async def _commit(self, ws: Workspace | None, record: ServerState) -> None:
+        """The one place a server's record changes: in memory (get_state saves it with the hub)
+        and in its workspace."""
+        self.record = record
+        if ws is not None:
+            await asyncio.to_thread(server_state.write, ws.path, record)
+
+    async def _settle(self, ws: Workspace, current: ServerState, why: str) -> ServerState:
+        """Called when the hub does not consider this server running (a start, or a poll after a
+        hub restart): a spawn the record says was in progress, a failed clean-up, or a server
+        the hub lost track of is cleaned up (a kept instance is stopped and kept). The caller
+        holds the lock. Returns the record afterwards; raises when the clean-up fails."""
+        self.record = current
+        if current.phase not in (Phase.CREATING, Phase.FAILED, Phase.RUNNING):
+            return current
+        keeps = current.keeps_files or (current.phase is Phase.RUNNING and not self.remove)
+        try:
+            await recovery.settle(self, ws, current.phase.value, keeps)
+        except Exception as e:
+            self.log.error("Could not clean up %s (%s): %s", self.instance, why, e)
+            await self._commit(ws, current.failed(str(e)))
+            raise SpawnError(f"cannot start {self.instance}: what an earlier run left could not be cleaned up; "
+                             "the administrator can find why in the hub's log", reason="cleanup",
+                             log_message=f"cleaning up {self.instance} failed: {e}") from None
+        ports.release(current.listen_address, current.listen_port)
+        await self._commit(ws, current.kept() if keeps else current.gone())
+        return self.record
 
     async def progress(self):
         async for event in self.progress_bar.stream():
@@ -534,20 +854,44 @@ class LxdSpawner(Spawner):
     async def poll(self):
         if self._start_task is not None and not self._start_task.done():
             return None
-        if not self.instance:
-            await recovery.recover_interrupted_spawn(self)
+        if self._cleanup_task is not None and not self._cleanup_task.done():
+            return 0  # a cancelled start is being cleaned up: no server
+        if self.record.phase is not Phase.RUNNING:
+            await self._settle_unattended()
             return 0
         if self._polling:  # the last poll is still waiting on LXD: no pile of hung requests
             return None
         self._polling = True
         try:
-            reason = await recovery.dead_reason(self)
+            reason, location = await recovery.dead_reason(self)
             if reason is None:
+                if location and location != self.record.member:  # moved (e.g. evacuated)
+                    self.log.info("%s is now on %s (was %s)", self.instance, location, self.record.member or "-")
+                    await self._commit(self.workspace_dir(), dataclasses.replace(self.record, member=location))
                 return None
-            await recovery.clean_up_dead(self, reason)
+            try:
+                await self._stop(reason=f"found dead by poll: {reason}")
+                metrics.RECOVERIES.labels("dead_server").inc()
+            except Exception as e:  # recorded: the record keeps the instance and its port
+                self.log.error("Cleaning up dead server %s failed: %s", self.instance, e)
             return 1
         finally:
             self._polling = False
+
+    async def _settle_unattended(self) -> None:
+        """The hub asks about a server it believes may run, and this spawner has no running
+        one (typically the hub restarted while a spawn was in progress): when the workspace's
+        record says a spawn was in progress, or a server ran, and nobody holds its lock, clean
+        that up. Never on a guess: without such a record nothing is touched."""
+        ws = self.workspace_dir()
+        found = await asyncio.to_thread(server_state.read, ws.path)
+        if found is None or found.phase not in (Phase.CREATING, Phase.RUNNING, Phase.FAILED):
+            return
+        try:
+            async with ws.lock(wait=False):
+                await self._settle(ws, await self._current(ws), "poll")
+        except (WorkspaceBusy, SpawnError, StateUnreadable) as e:
+            self.log.warning("poll(%s): left for later: %s", self.instance, e)
 
     async def stop(self, now=False):
         if self._start_task is not None and not self._start_task.done():
@@ -558,45 +902,88 @@ class LxdSpawner(Spawner):
                 await self._start_task
             except BaseException:
                 pass
-        await stopping.stop(self)
+        if self._cleanup_task is not None and not self._cleanup_task.done():
+            await asyncio.shield(self._cleanup_task)
+        await self._stop()
+
+    async def _stop(self, reason: str = "") -> None:
+        """Stop what the record says runs: destroy it (remove) or stop and keep it; a spawn that
+        was interrupted or a failed clean-up is cleaned up; a kept server stays as it is."""
+        ws = self.workspace_dir()
+        if not await asyncio.to_thread(ws.path.exists):
+            await self._commit(None, ServerState())
+            return  # never got as far as a workspace: nothing to stop, nothing to record
+        async with ws.lock():
+            current = await self._current(ws)
+            self.record = current
+            if current.phase in (Phase.CREATING, Phase.FAILED):
+                await self._settle(ws, current, "stop")
+            elif current.phase is Phase.RUNNING:
+                keep = not self.remove
+                try:
+                    await stopping.stop(self, ws, keep, reason)
+                except Exception as e:
+                    await self._commit(ws, current.failed(str(e)))
+                    raise
+                ports.release(current.listen_address, current.listen_port)
+                await self._commit(ws, current.kept() if keep else current.gone())
+        metrics.server_gone(self.user.name, self.name or "")
+        revoke_forgotten_tokens(self)
 
     async def delete_forever(self):
-        await stopping.delete_forever(self)
+        """The server or its user is deleted: destroy everything it has, a kept instance too, and
+        archive its workspace. JupyterHub logs and swallows an error here, so it is also logged
+        and audited (the record keeps what is left, for the orphans command). The home volume
+        goes too (delete_storage): a shared one with the default server, which JupyterHub deletes
+        only with the user (as KubeSpawner deletes a shared PVC); a per-server one with its
+        server."""
+        ws = self.workspace_dir()
+        used = ""  # the volume this server mounted, as its record says
+        if await asyncio.to_thread(ws.path.exists):
+            async with ws.lock():
+                current = await self._current(ws)
+                used = current.volume
+                self.record = dataclasses.replace(current, instance=current.instance or self.instance_name())
+                try:
+                    await stopping.delete_forever(self, ws)
+                except Exception as e:
+                    self.log.error("Deleting %s for good failed: %s", self.instance, e)
+                    await self._commit(ws, self.record.failed(str(e)))
+                    raise
+            ports.release(current.listen_address, current.listen_port)
+            await self._commit(None, ServerState())
+        vol = await asyncio.to_thread(storage.from_workspace, used) if used else None
+        if vol is None and self.storage_enabled:
+            vol = storage.volume_for(self)
+        if vol is not None:
+            if not vol.shared or not self.name:
+                await (storage.delete(self, vol) if self.delete_storage else storage.release(self, vol))
+
+    async def rename(self, old_name, new_name):
+        """JupyterHub 6: a stopped named server is renamed; its workspace moves (renaming)."""
+        await renaming.rename(self, old_name, new_name)
 
     # ---- state ------------------------------------------------------------------------------
     def get_state(self):
         state = super().get_state()
-        if self.instance:
-            state.update(
-                instance=self.instance,
-                member=self.member,
-                workspace=self.workspace,
-                url=self.url,
-                listen_address=self.listen_address,
-                listen_port=self.listen_port,
-                image=self.chosen_image,
-            )
+        if self.record.exists:
+            state.update(self.record.to_dict())
         return state
 
     def load_state(self, state):
         super().load_state(state)
-        self.instance = state.get("instance", "")
-        self.member = state.get("member", "")
-        self.workspace = state.get("workspace", "")
-        self.url = state.get("url", "")
-        self.listen_address = state.get("listen_address", "")
-        self.listen_port = state.get("listen_port")
-        self.chosen_image = state.get("image") or self.chosen_image
-        if self.listen_port:
-            ports.claim(self.listen_address, self.listen_port)
-        if self.instance:
+        self.record = ServerState.from_dict(state)
+        self.chosen_image = self.record.image or self.chosen_image
+        if self.record.listen_port and self.record.phase in (Phase.RUNNING, Phase.FAILED):
+            ports.claim(self.record.listen_address, self.record.listen_port)
+        if self.record.phase is Phase.RUNNING:
             metrics.server_placed(self.user.name, self.name or "", self.member)
 
     def clear_state(self):
+        """JupyterHub calls this before every start and after every stop. What exists does not
+        change because the hub forgets a server: the record stays (a kept instance, or one whose
+        clean-up failed, is found again by the next start), as DockerSpawner keeps a kept
+        container's id."""
         super().clear_state()
+        profiles.restore(self, self._profile_saved)  # before the hub applies group_overrides again
         metrics.server_gone(self.user.name, self.name or "")
-        self.instance = ""
-        self.member = ""
-        self.url = ""
-        self.listen_address = ""
-        self.listen_port = None

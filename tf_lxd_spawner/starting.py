@@ -4,112 +4,162 @@ apply, write files, start, run commands, wait for the server; a failure is clean
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from urllib.parse import urlparse
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from jupyterhub.utils import maybe_future
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import audit, commands, lxd, metrics, provider, stopping
+from . import audit, commands, initialising, lxd, metrics, provider, storage
 from .errors import SpawnError
 from .module_inputs import container_env, hub_address, module_inputs
-from .placement import least_loaded, reservations
-from .ports import ports, resolve
+from .placement import NoMemberAvailable, eligible, least_loaded, reservations, restricted
+from .connect import connect_url, listen_on, server_bind_ip
 from .stages import Stages
 from .terraform import TerraformError, planned_replacements
-from .workspace import SECRET_INPUTS, StateUnreadable, Workspace, render_root, secret_env
+from .workspace import SECRET_INPUTS, Workspace, render_root, secret_env
 
-WILDCARD = "0.0.0.0"
+#: The resume check's plan, applied as it is (it holds the server's environment: deleted after).
+RESUME_PLAN = "resume.tfplan"
 
 
-async def start(spawner, plan, stages: Stages) -> str:
-    """Make the server under the workspace's lock; returns its URL."""
-    ws = spawner.workspace_dir()
-    spawner.workspace = str(ws.path)
+@dataclass
+class Attempt:
+    """What one start chose and made so far: read by the spawner after it succeeds or fails
+    (which port to release, which member it went to), written only here."""
+    resuming: bool = False
+    target: str | None = None
+    listen_address: str = "127.0.0.1"
+    listen_port: int | None = None
+    member: str = ""
+    url: str = ""
+    record: dict = field(default_factory=dict)
+
+
+async def start(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt) -> str:
+    """Make (or resume) the server; the caller holds the workspace's lock and has recorded that
+    a start is in progress. Returns its URL; a failure propagates with `attempt` saying what
+    was chosen, for the caller's clean-up."""
     spawner.progress_bar.emit(5, f"Preparing workspace for {spawner.instance}")
-    async with contextlib.AsyncExitStack() as held:
-        with stages.timed("lock"):  # another start or stop of this server may hold it
-            await held.enter_async_context(ws.lock())
-        try:  # an unreadable state may hold a kept instance: decide nothing, touch nothing
-            resuming = bool(await asyncio.to_thread(ws.state_resources))
-        except StateUnreadable as e:
-            raise SpawnError(f"cannot start {spawner.instance}: {e}") from None
-        with stages.timed("placement"):
-            async with reservations.decide:  # choose and reserve as one step
-                plan.target = await place(spawner, plan)
-                reservations.reserve(plan.target)
-            metrics.PLACEMENTS.labels(plan.target or "daemon").inc()
-        try:
-            return await _create(spawner, plan, ws, stages, resuming)
-        finally:
-            reservations.release(plan.target)
+    attempt.record = audit.start_record(spawner)
+    volume_member = None
+    if plan.volume is not None:
+        volume_member = await storage.location(spawner, plan.volume)
+        attempt.record["volume"] = plan.volume.name
+    with stages.timed("placement"):
+        async with reservations.decide:  # choose and reserve as one step
+            if volume_member:
+                target = await volume_target(spawner, plan, volume_member)
+            elif attempt.resuming:
+                target = await resume_target(spawner, plan)
+            else:
+                target = await place(spawner, plan)
+            plan.target = attempt.target = target
+            reservations.reserve(plan.target)
+        metrics.PLACEMENTS.labels(plan.target or "daemon").inc()
+    try:
+        if plan.volume is not None:
+            with stages.timed("storage"):
+                where = await storage.ensure(spawner, plan.volume, plan.target)
+            if plan.members and where and where != plan.target:
+                # LXD chose the volume's member, or another server of this user made the volume
+                # first, elsewhere: the server goes where the volume is.
+                plan.target = attempt.target = await volume_target(spawner, plan, where)
+            async with storage.first_attach(spawner, plan.volume, plan.target):
+                return await _create(spawner, plan, ws, stages, attempt)
+        return await _create(spawner, plan, ws, stages, attempt)
+    finally:
+        reservations.release(target)
+
+
+async def volume_target(spawner, plan, member_name: str) -> str | None:
+    """A user's volume on a pool local to one member: their servers go to that member, or the
+    spawn is refused naming it (an empty home elsewhere would look like lost work)."""
+    if not plan.members:
+        return None
+    member = {m.name: m for m in plan.members}.get(member_name)
+    usable = member is not None and member.status == "Online" and member_name not in spawner.excluded_members
+    if not usable:
+        why = ("excluded (c.LxdSpawner.excluded_members)" if member_name in spawner.excluded_members
+               else (member.status if member else "not in the cluster"))
+        raise SpawnError(
+            f"your home volume is on cluster member {member_name}, which is {why}: your server can only "
+            "start there, with your files. Try again when that member is back, or ask the administrator.",
+            reason="placement")
+    _refuse_disallowed(spawner, plan, member, "your home volume")
+    if callable(spawner.placement) or spawner.placement == "lxd":
+        spawner.log.info("%s goes to %s, where its home volume is", spawner.instance, member_name)
+    return member_name
+
+
+def _refuse_disallowed(spawner, plan, member, what: str) -> None:
+    """What holds the user's files is on `member`: refused when this server's settings (its
+    profile's allowed_members or cluster_group) do not allow that member; never moved."""
+    if not restricted(spawner):
+        return
+    try:
+        allowed = eligible(plan.members, spawner.allowed_members, spawner.cluster_group)
+    except NoMemberAvailable:
+        allowed = []
+    if member not in allowed:
+        raise SpawnError(
+            f"{what} is on cluster member {member.name}, which this server's settings do not allow "
+            "(allowed_members, cluster_group): your server can only start there, with your files. Choose "
+            "another profile, or ask the administrator to move it or to allow that member.", reason="placement")
+
+
+async def resume_target(spawner, plan) -> str | None:
+    """A kept instance resumes where it is: placing it anywhere else would make Terraform
+    replace it (and lose its files). Refused when that member cannot take it now."""
+    if not plan.members:
+        return None
+    info = await lxd.instance(spawner.endpoint, spawner.instance)
+    if info is None or not info.location:
+        return await place(spawner, plan)  # gone behind our back: nothing to keep, place afresh
+    member = {m.name: m for m in plan.members}.get(info.location)
+    if member is None or member.status != "Online" or member.name in spawner.excluded_members:
+        why = "excluded (c.LxdSpawner.excluded_members)" if member and member.name in spawner.excluded_members \
+            else f"{member.status if member else 'not in the cluster'}"
+        raise SpawnError(
+            f"the kept server {spawner.instance} is on cluster member {info.location}, which is {why}: it "
+            "can only resume there, where its files are. Try again when that member is back, or ask the "
+            "administrator.", reason="placement")
+    _refuse_disallowed(spawner, plan, member, f"the kept server {spawner.instance}")
+    return member.name
 
 
 async def place(spawner, plan) -> str | None:
     """The member to create the server on; None lets LXD choose (or standalone LXD)."""
     members = plan.members  # listed by preflight for this spawn
-    if not members or spawner.placement == "lxd":
+    if not members or (spawner.placement == "lxd" and not restricted(spawner)):
         return None
-    if callable(spawner.placement):
-        return await maybe_future(spawner.placement(spawner, members))
-    load = await lxd.instance_counts(spawner.endpoint, spawner.count_managed_only)
-    load.update(reservations.snapshot())
-    return least_loaded(members, load, spawner.host_weights, spawner.excluded_members)
+    try:
+        members = eligible(members, spawner.allowed_members, spawner.cluster_group)
+        if callable(spawner.placement):
+            return await maybe_future(spawner.placement(spawner, members))
+        load = await lxd.instance_counts(spawner.endpoint, spawner.count_managed_only)
+        load.update(reservations.snapshot())
+        return least_loaded(members, load, spawner.host_weights, spawner.excluded_members)
+    except NoMemberAvailable as e:  # a capacity problem, said as it is (not an internal error)
+        raise SpawnError(f"no cluster member can take your server now: {e}. Try again later, or ask the "
+                         "administrator.", reason="placement", status_code=503) from None
 
 
-def member_address(spawner, plan, name: str | None) -> str:
-    """The address of a cluster member (as an IP address), the remote standalone server's, or
-    127.0.0.1 for LXD on this host."""
-    if plan.members:
-        by_name = {m.name: m for m in plan.members}
-        if name in by_name and by_name[name].address:
-            return resolve(by_name[name].address)
-        raise SpawnError(f"LXD reports no address for cluster member {name!r}")
-    if spawner.remote_endpoint:
-        return resolve(urlparse(spawner.lxd_endpoint).hostname or "127.0.0.1")
-    return "127.0.0.1"
-
-
-async def _listen_on(spawner, plan, ws: Workspace, resuming: bool) -> tuple[str, int | None]:
-    """Address and port for the server's proxy device: on the chosen member (all its addresses
-    when LXD chooses the member), and for a kept instance the port it already had when that is
-    still free."""
-    if spawner.connect_via != "proxy":
-        return "127.0.0.1", None
-    if plan.members and not plan.target:
-        address = WILDCARD  # placement = "lxd": the member is known only after apply
-    else:
-        address = await asyncio.to_thread(member_address, spawner, plan, plan.target)
-    previous = (await asyncio.to_thread(ws.saved_inputs)).get("listen_port") if resuming else None
-    return address, ports.reuse_or_allocate(address, previous, *spawner.proxy_port_range)
-
-
-async def _connect_url(spawner, plan, outputs: dict) -> str:
-    """Where the hub reaches the server: the module's connect address, or, when the proxy
-    listens on all addresses, the address of the member the instance landed on."""
-    address = outputs["connect_address"]
-    if address in (WILDCARD, "::", ""):
-        address = await asyncio.to_thread(member_address, spawner, plan, outputs.get("location") or plan.target)
-    host = f"[{address}]" if ":" in address else address
-    return f"http://{host}:{outputs['connect_port']}"
-
-
-async def _create(spawner, plan, ws: Workspace, stages: Stages, resuming: bool) -> str:
+async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt) -> str:
     sp = spawner
-    sp.listen_address, sp.listen_port = "127.0.0.1", None
-    sp.ip, sp.port = "127.0.0.1", sp.server_port  # where the server binds, inside
+    resuming = attempt.resuming
+    sp.ip, sp.port = server_bind_ip(sp), sp.server_port  # where the server binds, inside
     _, _, api_inside = hub_address(sp)
-    record = audit.start_record(sp)
     bar = sp.progress_bar
     ticker = None
     try:
         with stages.timed("render"):
-            sp.listen_address, sp.listen_port = await _listen_on(sp, plan, ws, resuming)
+            attempt.listen_address, attempt.listen_port = await listen_on(sp, plan, ws, resuming)
             environment = container_env(sp, api_inside)
             secrets = secret_env("server_environment", environment)
-            inputs = await module_inputs(sp, plan, sp.listen_address, sp.listen_port)
+            inputs = await module_inputs(sp, plan, attempt.listen_address, attempt.listen_port)
             provider_settings = await asyncio.to_thread(
                 provider.settings, sp.provider_refresh_interval, sp.endpoint_url, sp.lxd_cert,
                 sp.lxd_key, sp.lxd_verify, sp.state_dir)
@@ -118,17 +168,21 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, resuming: bool) 
         if needs_init:
             bar.emit(10, "Initialising Terraform")
             with stages.timed("init"):
-                await sp.run_terraform(ws, "init")
-                await ws.mark_initialised(main_tf)
+                await initialising.initialise(sp, ws, main_tf)
+        saved_plan = None
         with stages.timed("check"):
             if not resuming:
                 await _remove_stray_instance(sp, ws)
-            elif not sp.remove:
-                await _refuse_replacing_kept_instance(sp, ws, secrets)
+            else:
+                saved_plan = await _refuse_replacing_kept_instance(sp, ws, secrets)
         bar.emit(30, f"Applying the notebook module for {sp.instance}")
         ticker = asyncio.ensure_future(bar.tick_while_creating(sp.instance))
         with stages.timed("apply"):
-            await _apply(sp, plan, ws, secrets)
+            try:
+                await _apply(sp, plan, ws, secrets, saved_plan)
+            finally:
+                if saved_plan:  # it holds the server's environment (the API token): never kept
+                    await asyncio.to_thread(saved_plan.unlink, missing_ok=True)
             ticker.cancel()
             outputs = await asyncio.to_thread(ws.state_outputs)
         by_provider = inputs.get("files_via_provider", True)
@@ -141,7 +195,9 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, resuming: bool) 
             bar.emit(80, f"Starting {'kept ' if resuming else ''}instance {sp.instance}")
             with stages.timed("start"):
                 await lxd.set_running(sp.endpoint, sp.instance, True)
-        url = await _connect_url(sp, plan, outputs)
+        attempt.member = outputs.get("location") or plan.target or ""
+        with stages.timed("address"):  # instance-ip: may wait for the instance's IPv4
+            url = attempt.url = await connect_url(sp, plan, outputs)
         with stages.timed("commands"):
             await commands.run_prepare_commands(sp, plan)
             await commands.run_post_hub_commands(sp, plan)
@@ -149,29 +205,24 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, resuming: bool) 
             bar.emit(88, f"Waiting for the server at {url}")
             with stages.timed("server"):
                 await _wait_for_server(sp, url)
-    except BaseException as e:
+    finally:
         if ticker:
             ticker.cancel()
-        reason = "cancelled (timeout or stop)" if isinstance(e, asyncio.CancelledError) else str(e)
-        keep = resuming and not sp.remove  # a kept instance holds the user's files
-        await asyncio.shield(stopping.clean_failed_start(sp, plan, ws, record, stages,
-                                                         reason or type(e).__name__, keep))
-        if not isinstance(e, Exception) or isinstance(e, (TerraformError, SpawnError)):
-            raise  # BaseException (KeyboardInterrupt, CancelledError...) stays what it is
-        raise SpawnError(f"starting {sp.instance} failed: {e}") from e
-    sp.member = outputs.get("location") or plan.target or ""
-    sp.url = url
-    await ws.audit({**record, "member": sp.member, "outcome": "ok", "url": sp.url,
+    await ws.audit({**attempt.record, "member": attempt.member, "outcome": "ok", "url": url,
                     "resumed": resuming, **stages.record(), **await audit.versions(sp, ws)})
-    bar.emit(90, f"Server at {sp.url} {'answers' if sp.wait_for_server else 'is starting'}")
-    return sp.url
+    bar.emit(90, f"Server at {url} {'answers' if sp.wait_for_server else 'is starting'}")
+    return url
 
 
-async def _apply(spawner, plan, ws: Workspace, secrets: dict) -> None:
+async def _apply(spawner, plan, ws: Workspace, secrets: dict, saved_plan: Path | None = None) -> None:
+    """Apply the module; a resume applies the plan its check saved (no second refresh and
+    plan: one terraform run fewer). A retry after a transient error plans afresh (a saved plan
+    is stale once part of it was applied)."""
     on_event = spawner.progress_bar.terraform_listener(spawner.instance, plan.target)
     for attempt in range(1, spawner.apply_attempts + 1):
         try:
-            await spawner.run_terraform(ws, "apply", env=secrets, on_event=on_event)
+            args = [saved_plan.name] if saved_plan and attempt == 1 else []
+            await spawner.run_terraform(ws, "apply", *args, env=secrets, on_event=on_event)
             return
         except TerraformError as e:
             if attempt == spawner.apply_attempts or not e.transient:
@@ -201,27 +252,51 @@ async def _wait_for_server(spawner, url: str) -> None:
             except OSError:  # refused: the proxy device is not listening yet
                 pass
             if time.monotonic() > deadline:
-                raise SpawnError(f"the server of {spawner.instance} did not answer at {url} within "
-                                 f"{spawner.http_timeout:g} s (c.Spawner.http_timeout); its log is in the "
-                                 "container's journal (journalctl -u jupyterhub-singleuser)")
+                message = (f"the server of {spawner.instance} did not answer at {url} within "
+                           f"{spawner.http_timeout:g} s (c.Spawner.http_timeout); its log is in the "
+                           "container's journal (journalctl -u jupyterhub-singleuser)")
+                raise SpawnError(message, log_message=message + await _journal_tail(spawner))
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
     finally:
         client.close()
 
 
-async def _refuse_replacing_kept_instance(spawner, ws: Workspace, secrets: dict) -> None:
+async def _journal_tail(spawner, lines: int = 30) -> str:
+    """The server's last journal lines, for the hub's log and the audit of a server that never
+    answered: the container is destroyed by the clean-up that follows, and its journal with it."""
+    try:
+        code, out, err = await asyncio.wait_for(lxd.execute(
+            spawner.endpoint, spawner.instance,
+            ["journalctl", "-u", "jupyterhub-singleuser", "-n", str(lines), "--no-pager", "-o", "cat"]), 15)
+    except Exception as e:  # the journal is a diagnosis; its absence must not hide the error
+        return f"\n(the server's journal could not be read: {type(e).__name__}: {e})"
+    return f"\nits last journal lines:\n{(out or err).rstrip()}" if (out or err).strip() else ""
+
+
+async def _refuse_replacing_kept_instance(spawner, ws: Workspace, secrets: dict) -> Path:
     """A kept instance holds the user's files: resuming must update it, never replace it
-    (provider v1.5.0 replaces on any change of `config`, image, name...)."""
+    (provider v1.5.0 replaces on any change of `config`, image, name...). Returns the saved
+    plan, for the apply (the caller deletes it)."""
     spawner.progress_bar.emit(32, f"Checking that {spawner.instance} can be resumed in place")
-    plan = await spawner.runner.run("plan", cwd=ws.path, env=secrets, log_path=ws.run_log("plan"))
+    saved = ws.path / RESUME_PLAN
+    try:
+        plan = await spawner.runner.run("plan", f"-out={RESUME_PLAN}", cwd=ws.path, env=secrets,
+                                        log_path=ws.run_log("plan"))
+    except BaseException:
+        await asyncio.to_thread(saved.unlink, missing_ok=True)
+        raise
     await ws.seal()
     replaced = planned_replacements(plan.events, "lxd_container")
     if replaced:
+        await asyncio.to_thread(saved.unlink, missing_ok=True)
         raise SpawnError(
             f"resuming would replace the kept instance {spawner.instance} (and lose its files): the "
-            "configuration changed in a way LXD cannot apply in place. Restore the previous "
-            "settings, or delete the server to start afresh.")
+            "configuration changed in a way LXD cannot apply in place. Your server and its files are "
+            "kept as they were; ask the administrator to restore the previous settings, or delete the "
+            "server to start afresh.", reason="resume",
+            log_message=f"resuming {spawner.instance} refused: the plan replaces {', '.join(replaced)}")
+    return saved
 
 
 async def _remove_stray_instance(spawner, ws: Workspace) -> None:

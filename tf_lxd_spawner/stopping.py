@@ -1,107 +1,100 @@
-"""The steps of a stop: shut the instance down, `terraform destroy`, release the port, revoke a
-forgotten token, record it; also the clean-up of a failed start and deleting a server for good."""
+"""The steps of a stop: shut the instance down, `terraform destroy` (or stop a kept instance),
+record it; also the clean-up of a failed start and deleting a server for good. The caller holds
+the workspace's lock and records what exists afterwards."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
+from pathlib import Path
 
 from . import audit, lxd, metrics
-from .ports import ports
 from .stages import Stages
 from .terraform import TerraformError
-from .tokens import revoke_forgotten_tokens
 from .workspace import DESTROY_ENV, Workspace
 
 
-async def stop(spawner, reason: str = "") -> None:
-    """Destroy (or, remove = False, stop) the server, under the workspace's lock."""
+async def stop(spawner, ws: Workspace, keep: bool, reason: str = "") -> None:
+    """Destroy the server, or (keep) stop its instance and keep it; the caller holds the
+    workspace's lock and records the outcome. A failure is audited, then raised."""
     sp = spawner
-    ws = sp.workspace_dir()
-    if not await asyncio.to_thread(ws.path.exists):
-        sp.instance = ""
-        return  # never got as far as a workspace: nothing to stop, nothing to record
     stages = Stages()
-    # After a hub restart mid-spawn the state is empty, but the name is deterministic.
-    sp.instance = sp.instance or sp.instance_name()
-    record = audit.stop_record(sp, await asyncio.to_thread(ws.saved_inputs), reason)
-    async with contextlib.AsyncExitStack() as held:
-        with stages.timed("lock"):
-            await held.enter_async_context(ws.lock())
-        try:
-            await asyncio.to_thread(ws.state_resources)  # unreadable: touch nothing, say why
-            if sp.remove:
-                await destroy(sp, ws, stages)
-            elif sp.instance and await lxd.instance(sp.endpoint, sp.instance):
-                with stages.timed("stop"):
-                    await lxd.set_running(sp.endpoint, sp.instance, False)
-        except Exception as e:
-            metrics.observe_stop(stages, "failed")
-            await ws.audit({**record, "outcome": "failed", "error": str(e), **stages.record(),
-                            **await audit.versions(sp, ws)})
-            raise
-        metrics.observe_stop(stages, "ok")
-        await ws.scrub_secrets({sp.api_token or ""})
-        await ws.audit({**record, "outcome": "ok", **stages.record(), **await audit.versions(sp, ws)})
-    ports.release(sp.listen_address, sp.listen_port)
-    sp.listen_port = None
-    sp.url = ""
-    metrics.server_gone(sp.user.name, sp.name or "")
-    revoke_forgotten_tokens(sp)
-
-
-async def delete_forever(spawner) -> None:
-    """The server (or its user) is deleted: destroy a kept instance and archive the workspace
-    beside the others (`<server>.deleted-<time>`), audit record included."""
-    sp = spawner
-    ws = sp.workspace_dir()
-    if not ws.path.exists():
-        return
-    sp.instance = sp.instance or sp.instance_name()
-    async with ws.lock():
-        await destroy(sp, ws)
-        await ws.scrub_secrets({sp.api_token or ""})
-        await ws.audit({"operation": "delete_forever", **audit.server_fields(sp), "outcome": "ok",
+    record = audit.stop_record(sp, await asyncio.to_thread(ws.saved_inputs), reason, keep)
+    try:
+        await asyncio.to_thread(ws.state_resources)  # unreadable: touch nothing, say why
+        if keep:
+            with stages.timed("stop"):
+                await stop_instance(sp)
+        else:
+            await destroy(sp, ws, stages)
+    except Exception as e:
+        metrics.observe_stop(stages, "failed")
+        await ws.audit({**record, "outcome": "failed", "error": str(e), **stages.record(),
                         **await audit.versions(sp, ws)})
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        archived = ws.path.with_name(f"{ws.path.name}.deleted-{stamp}")
-        await asyncio.to_thread(os.rename, ws.path, archived)
-    sp.log.info("Archived workspace of %s to %s", sp.instance, archived)
-    sp.workspace = ""
+        raise
+    metrics.observe_stop(stages, "ok")
+    await ws.scrub_secrets({sp.api_token or ""})
+    await ws.audit({**record, "outcome": "ok", **stages.record(), **await audit.versions(sp, ws)})
 
 
-async def clean_failed_start(spawner, plan, ws: Workspace, record: dict, stages: Stages, reason: str,
-                             keep: bool = False) -> None:
-    """Destroy whatever a failed start made, so no container or port is left behind; a kept
-    instance (remove = False) that failed to resume is stopped, not destroyed. When the clean-up
-    fails too, the audit says so, and the port and instance name stay held: the instance may
-    still be there and bound to it, and the hub's stop() tries again."""
+async def stop_instance(spawner) -> bool:
+    """Stop a kept instance (it stays, with its files); False when it is not there."""
+    if not await lxd.instance(spawner.endpoint, spawner.instance):
+        return False
+    await lxd.set_running(spawner.endpoint, spawner.instance, False)
+    return True
+
+
+async def delete_forever(spawner, ws: Workspace) -> Path:
+    """The server (or its user) is deleted: destroy whatever it has, kept instance included,
+    and archive the workspace beside the others (`<server>.deleted-<time>`), audit record
+    included. The caller holds the lock. Returns the archive's path."""
     sp = spawner
-    sp.log.error("Start of %s failed: %s", sp.instance, reason)
-    cleanup = {"cleanup": "kept instance stopped" if keep else "destroyed"}
+    try:
+        await destroy(sp, ws)
+    except Exception as e:
+        await ws.audit({"operation": "delete_forever", **audit.server_fields(sp), "outcome": "failed",
+                        "error": str(e), **await audit.versions(sp, ws)})
+        raise
+    await ws.scrub_secrets({sp.api_token or ""})
+    await ws.audit({"operation": "delete_forever", **audit.server_fields(sp), "outcome": "ok",
+                    **await audit.versions(sp, ws)})
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    archived = ws.path.with_name(f"{ws.path.name}.deleted-{stamp}")
+    await asyncio.to_thread(os.rename, ws.path, archived)
+    sp.log.info("Archived workspace of %s to %s", sp.instance, archived)
+    return archived
+
+
+async def clean_failed_start(spawner, plan, ws: Workspace, record: dict, stages: Stages, error: str,
+                             keep: bool, extra: dict | None = None) -> bool:
+    """Undo what a failed start made, so no container or port is left behind; a kept instance
+    (keep) is stopped and stays as it was, with its files. Audited, with `extra` (the reference
+    the user was given). Returns False when the clean-up failed too: the instance may still be
+    there, bound to its port, and the next stop or start tries again."""
+    sp = spawner
+    sp.log.error("Start of %s failed: %s", sp.instance, error)
+    cleanup = {"cleanup": "kept instance stopped, files kept" if keep else "destroyed"}
+    ok = True
     try:
         with stages.timed("cleanup"):  # its shutdown and destroy are timed within
             if keep:
-                if await lxd.instance(sp.endpoint, sp.instance):
-                    await lxd.set_running(sp.endpoint, sp.instance, False)
+                await stop_instance(sp)
             else:
                 await destroy(sp, ws, stages)
     except Exception as e:  # recorded; the original failure is what the user sees
         sp.log.error("Cleaning up %s after a failed start also failed: %s", sp.instance, e)
         cleanup = {"cleanup": "failed", "cleanup_error": str(e)}
+        ok = False
     metrics.RECOVERIES.labels("failed_start").inc()
     try:
         await ws.scrub_secrets({sp.api_token or ""})
     except OSError as e:
         sp.log.error("Could not remove the token of %s from its workspace: %s", sp.instance, e)
-    await ws.audit({**record, "member": plan.target or "", "outcome": "failed", "error": reason, **cleanup,
-                    **stages.record(), **await audit.versions(sp, ws)})
-    if cleanup["cleanup"] != "failed":
-        ports.release(sp.listen_address, sp.listen_port)
-        sp.listen_port = None
-        sp.instance = ""  # nothing of it is left to poll or stop
+    await ws.audit({**record, "member": plan.target or "", "outcome": "failed", "error": error, **(extra or {}),
+                    **cleanup, **stages.record(), **await audit.versions(sp, ws)})
+    return ok
 
 
 async def destroy(spawner, ws: Workspace, stages: Stages | None = None) -> None:

@@ -86,14 +86,17 @@ class RunResult:
 
 
 def planned_replacements(events: list[Event], resource_type: str) -> list[str]:
-    """Addresses of `resource_type` resources a plan would delete or replace."""
+    """Addresses of `resource_type` resources a plan would delete or replace, each with
+    Terraform's reason when it gives one ("tainted", "cannot_update": a setting that forces a
+    new resource changed), so the operator's log says why."""
     found = []
     for ev in events:
         change = ev.get("change") or {}
         resource = change.get("resource") or {}
         if ev.get("type") == "planned_change" and resource.get("resource_type") == resource_type:
             if change.get("action") in ("delete", "replace"):
-                found.append(resource.get("addr", ""))
+                reason = change.get("reason")
+                found.append(resource.get("addr", "") + (f" ({reason})" if reason else ""))
     return found
 
 
@@ -118,6 +121,10 @@ def pick_binary(configured: str) -> str:
     if configured:
         return configured
     return "terraform" if shutil.which("terraform") or not shutil.which("tofu") else "tofu"
+
+
+#: Interrupts of cancelled runs still waiting for their Terraform to exit (kept referenced).
+_interrupting: set[asyncio.Task] = set()
 
 
 class TerraformRunner:
@@ -240,7 +247,13 @@ class TerraformRunner:
                         await asyncio.to_thread(_append_private, log_path, stdout)
                     returncode = proc.returncode
             except asyncio.CancelledError:
-                await self._interrupt(proc)
+                # Interrupted Terraform takes seconds to save its state and exit; the caller's
+                # cancellation must not wait for that (JupyterHub's Stop during a spawn allows
+                # one second). It goes on in the background; whatever runs next in this
+                # workspace waits for Terraform's state lock (-lock-timeout) meanwhile.
+                task = asyncio.ensure_future(self._interrupt(proc))
+                _interrupting.add(task)
+                task.add_done_callback(_interrupting.discard)
                 raise
             err_file.seek(0)
             stderr = err_file.read().decode("utf-8", "replace")
@@ -258,6 +271,7 @@ class TerraformRunner:
         """Hand each complete event line this run adds to the log (from `offset`) to on_event
         until the process has exited."""
         pending = ""
+        waiter: asyncio.Future | None = None  # proc.wait(), made once: a timeout never cancels it
         with open(log_path, "rb") as raw:
             raw.seek(offset)
             log = io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
@@ -277,10 +291,17 @@ class TerraformRunner:
                 if exited:
                     return
                 if not chunk:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(proc.wait()), 0.05)
-                    except asyncio.TimeoutError:
-                        pass
+                    # asyncio.wait, not wait_for: on Python 3.11 a cancellation that lands as
+                    # wait_for's own 50 ms timeout fires comes out as TimeoutError, and was lost
+                    # here (seen: a start_timeout that never stopped a spawn).
+                    waiter = waiter or asyncio.ensure_future(proc.wait())
+                    await asyncio.wait({waiter}, timeout=0.05)
+
+    @staticmethod
+    async def wait_for_interrupted() -> None:
+        """Until every interrupted Terraform process of this hub has exited."""
+        while _interrupting:
+            await asyncio.wait(set(_interrupting))
 
     async def _interrupt(self, proc: asyncio.subprocess.Process) -> None:
         """SIGINT first (Terraform then saves state and unlocks), SIGKILL after the grace period."""

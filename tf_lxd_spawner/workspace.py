@@ -2,8 +2,9 @@
 
 It is both what Terraform runs in and the audit record of that server: the rendered root
 `main.tf`, the per-server inputs (`terraform.tfvars.json`), the state, Terraform's lock file,
-`audit.jsonl` (one record per operation) and `logs/` (the raw `-json` events of every run).
-Directories are 0700 and files 0600 (executables 0700): state and logs can hold the server's API token.
+`audit.jsonl` (one record per operation, kept whole) and `logs/` (the raw `-json` events of
+the newest RUN_LOGS_KEPT runs: older run logs are pruned, so a stop costs the same whatever the
+server's history). Directories are 0700 and files 0600 (executables 0700): state and logs can hold the server's API token.
 """
 
 from __future__ import annotations
@@ -17,23 +18,26 @@ import hashlib
 import json
 import os
 import re
-import string
 import uuid
 import weakref
 from pathlib import Path
 
 import jinja2
-from escapism import escape
+
+from .naming import PATH_COMPONENT_MAX, path_component  # noqa: F401 (part of this module's interface)
 
 DEFAULT_SERVER_DIR = "_default"
-#: Longest directory name a workspace gets: NAME_MAX (255 bytes) less room for the archive
-#: suffix `.deleted-<UTC time>` and the `.<name>.tmp` of atomic writes.
-PATH_COMPONENT_MAX = 200
-_PATH_HASH_LEN = 16
 HUB_ID_FILE = ".hub-id"
-_SAFE_CHARS = set(string.ascii_lowercase + string.digits + ".")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 SECRET_INPUTS = ("server_environment",)
+#: Run logs kept per workspace (the newest); older ones are deleted at seal and scrub. The
+#: audit record of every operation stays in audit.jsonl.
+RUN_LOGS_KEPT = 50
+_RUN_LOG = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[A-Za-z0-9_.-]+\.jsonl$")
+#: The run logs the last scrub read and left without any secret, by name: (size, mtime, ctime,
+#: inode). A run log is written once, during its run, so one still matching needs no new read:
+#: a later token cannot be in it.
+SCRUBBED_LOGS_FILE = ".scrubbed-logs.json"
 
 
 def secret_env(name: str, value) -> dict[str, str]:
@@ -52,23 +56,6 @@ class WorkspaceBusy(RuntimeError):
 class StateUnreadable(RuntimeError):
     """terraform.tfstate exists but is not a readable Terraform state: nothing may be decided
     from it (an unreadable state is not an empty one)."""
-
-
-def path_component(name: str) -> str:
-    """A name made safe as one directory name: lower-case letters, digits and '.' kept, the
-    rest escaped (`-xx`), so two different names never share a directory. A name whose escaped
-    form is too long for the file system (a 255-character JupyterHub name, or a few dozen
-    non-ASCII letters at 3 bytes each, escaped to 9 characters) is cut and ends in `_` and a
-    hash of the whole name: '_' never appears unescaped otherwise, so it cannot collide."""
-    if not name:
-        return "_empty"  # '_' is always escaped in names, so this stands for "" alone
-    escaped = escape(name, safe=_SAFE_CHARS, escape_char="-")
-    if escaped in (".", ".."):
-        escaped = escaped.replace(".", "-2e")
-    if len(escaped) > PATH_COMPONENT_MAX:
-        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_PATH_HASH_LEN]
-        escaped = f"{escaped[:PATH_COMPONENT_MAX - _PATH_HASH_LEN - 1]}_{digest}"
-    return escaped
 
 
 def existing_hub_id(state_dir: str | Path) -> str:
@@ -184,7 +171,7 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _write_private(path: Path, text: str | bytes) -> None:
+def write_private(path: Path, text: str | bytes) -> None:
     """Write atomically (temp file + rename) with mode 0600: no half-written file is ever seen."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -200,8 +187,11 @@ class Workspace:
 
     _locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> {path: Lock}
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, keep_logs: int = RUN_LOGS_KEPT):
+        if keep_logs < 1:
+            raise ValueError(f"keep_logs must be at least 1, not {keep_logs}")
         self.path = Path(path)
+        self.keep_logs = keep_logs
 
     # -- layout -----------------------------------------------------------------------------
     @property
@@ -228,6 +218,22 @@ class Workspace:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         return self.logs_dir / f"{stamp}-{operation}.jsonl"
 
+    def run_logs(self) -> list[Path]:
+        """The run logs, oldest first (their names start with the UTC time of the run)."""
+        try:
+            names = [e.name for e in os.scandir(self.logs_dir) if _RUN_LOG.match(e.name) and e.is_file()]
+        except FileNotFoundError:
+            return []
+        return [self.logs_dir / n for n in sorted(names)]
+
+    def _prune_logs(self) -> list[Path]:
+        """Delete all but the newest keep_logs run logs; returns those deleted."""
+        old = self.run_logs()[:-self.keep_logs]
+        for path in old:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return old
+
     # -- writing ----------------------------------------------------------------------------
     def _ensure_dirs(self) -> None:
         for d in (self.path.parent, self.path, self.logs_dir):
@@ -239,9 +245,10 @@ class Workspace:
         self._ensure_dirs()
         stamp = self.path / ".terraform" / "tf-lxd-spawner-root.sha256"
         digest = hashlib.sha256(main_tf.encode()).hexdigest()
-        _write_private(self.main_tf, main_tf)
-        _write_private(self.tfvars, json.dumps(tfvars, indent=2, sort_keys=True) + "\n")
+        write_private(self.main_tf, main_tf)
+        write_private(self.tfvars, json.dumps(tfvars, indent=2, sort_keys=True) + "\n")
         if self._drop_dangling_provider_links():
+            stamp.unlink(missing_ok=True)  # through a shared .terraform: its next prepare inits too
             return True
         try:
             return stamp.read_text() != digest
@@ -268,7 +275,7 @@ class Workspace:
     def _mark_initialised(self, main_tf: str) -> None:
         stamp = self.path / ".terraform" / "tf-lxd-spawner-root.sha256"
         stamp.parent.mkdir(mode=0o700, exist_ok=True)
-        _write_private(stamp, hashlib.sha256(main_tf.encode()).hexdigest())
+        write_private(stamp, hashlib.sha256(main_tf.encode()).hexdigest())
 
     async def mark_initialised(self, main_tf: str) -> None:
         await asyncio.to_thread(self._mark_initialised, main_tf)
@@ -294,7 +301,9 @@ class Workspace:
         sticky): a 0644 file ends 0600, a 0755 directory or executable 0700. The owner's bits are
         never taken: the provider executable that `terraform init` unpacks (from a registry or a
         packed mirror) into .terraform/providers/ must stay executable. Symlinks are left alone
-        (the module and an unpacked mirror's provider links point outside the workspace)."""
+        (the module and an unpacked mirror's provider links point outside the workspace).
+        Run logs beyond keep_logs are pruned first."""
+        self._prune_logs()
         for root, dirs, files in os.walk(self.path):
             for name in dirs + files:
                 path = os.path.join(root, name)
@@ -309,10 +318,23 @@ class Workspace:
         bits (Terraform writes its lock file 0644 whatever the umask; see _seal)."""
         await asyncio.to_thread(self._seal)
 
+    @staticmethod
+    def _fingerprint(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def _scrubbed_logs(self) -> dict[str, list[int]]:
+        try:
+            found = json.loads((self.path / SCRUBBED_LOGS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
     def _scrub_secrets(self, known: set[str]) -> list[str]:
         """Take every server token out of the workspace once its server is stopped: the state
         (a kept instance's env file content), the backup Terraform leaves beside it, and any
-        other file that holds one. Returns the files changed."""
+        other file that holds one. Returns the files changed. Run logs a previous scrub read,
+        unchanged since, are not read again (see SCRUBBED_LOGS_FILE); old ones are pruned."""
+        self._prune_logs()
         secrets = {s for s in known if s} | _tokens_in_state(self.state_file)
         backup = self.path / "terraform.tfstate.backup"
         secrets |= _tokens_in_state(backup)
@@ -330,21 +352,35 @@ class Workspace:
             cleaned = _drop_strings_holding(state, secrets)
             if cleaned != state:
                 cleaned["serial"] = int(cleaned.get("serial", 0)) + 1
-                _write_private(self.state_file, json.dumps(cleaned, indent=2) + "\n")
+                write_private(self.state_file, json.dumps(cleaned, indent=2) + "\n")
                 changed.append(str(self.state_file))
+        logs_dir = str(self.logs_dir)
+        clean_before = self._scrubbed_logs()
+        clean_now: dict[str, list[int]] = {}
         for root, dirs, files in os.walk(self.path):
             dirs[:] = [d for d in dirs if not (root == str(self.path) and d == ".terraform")]
             for name in files:
                 path = Path(root) / name
-                if path.is_symlink() or not path.is_file() or path.stat().st_size > 64 * 1024 * 1024:
+                if path.is_symlink() or not path.is_file():
+                    continue
+                st = path.stat()
+                run_log = root == logs_dir and _RUN_LOG.match(name)
+                if run_log and clean_before.get(name) == self._fingerprint(st):
+                    clean_now[name] = clean_before[name]  # read clean before, unchanged since
+                    continue
+                if st.st_size > 64 * 1024 * 1024:
                     continue
                 data = path.read_bytes()
                 redacted = data
                 for secret in secrets:
                     redacted = redacted.replace(secret.encode(), b"[redacted]")
                 if redacted != data:
-                    _write_private(path, redacted)
+                    write_private(path, redacted)
                     changed.append(str(path))
+                if run_log:
+                    clean_now[name] = self._fingerprint(path.stat())
+        if clean_now != clean_before:
+            write_private(self.path / SCRUBBED_LOGS_FILE, json.dumps(clean_now, sort_keys=True) + "\n")
         return changed
 
     async def scrub_secrets(self, known: set[str] = frozenset()) -> list[str]:
@@ -409,15 +445,18 @@ class Workspace:
 
     # -- locking ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def lock(self, create: bool = True):
+    async def lock(self, create: bool = True, wait: bool = True):
         """Exclusive use of this workspace: in this hub (asyncio) and across processes (flock).
 
         flock dies with its process, so a killed hub never leaves a stale lock behind. With
         create=False a missing workspace is not made (an operator command checking it): then
-        no spawn can be using it, and there is nothing to lock.
+        no spawn can be using it, and there is nothing to lock. With wait=False a workspace
+        this hub is using right now raises WorkspaceBusy instead of waiting its turn.
         """
         key = str(self.path.resolve())
         alock = self._locks.setdefault(asyncio.get_running_loop(), {}).setdefault(key, asyncio.Lock())
+        if not wait and alock.locked():
+            raise WorkspaceBusy(f"workspace {self.path} is in use by this hub")
         async with alock:
             if not create and not await asyncio.to_thread(self.path.is_dir):
                 yield self

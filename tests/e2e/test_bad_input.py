@@ -1,5 +1,6 @@
 """Bad input: each refused with a message naming the problem, nothing created, nothing leaked.
-Hostile user and server names: valid, unique instance names and no way into the HCL."""
+Hostile user and server names: valid, unique instance names and no way into the HCL.
+A kept server's failed resume (remove = False) is tested through a real hub: test_kept_servers.py."""
 
 import asyncio
 import json
@@ -13,7 +14,6 @@ from conftest import IMAGE
 from spawnerstub import make_spawner
 from tf_lxd_spawner.ports import ports
 from tf_lxd_spawner.spawner import SpawnError
-from tf_lxd_spawner.terraform import TerraformError
 
 pytestmark = pytest.mark.e2e
 
@@ -37,6 +37,14 @@ def test_nonexistent_image(tmp_path, lxd_client):
 def test_image_outside_allowed_images(tmp_path, lxd_client):
     refused(tmp_path, lxd_client, r"image 'images:debian/12' is not allowed; choose one of \['Standard'\]",
             allowed_images={"Standard": IMAGE}, user_options={"image": "images:debian/12"})
+
+
+@pytest.mark.parametrize("value,kind", [(5, "int"), (["a"], "list"), ({"name": "x"}, "dict")])
+def test_user_options_that_are_not_strings(tmp_path, lxd_client, value, kind):
+    """Through the REST API user_options is any JSON: a non-string image is refused by name
+    (a SpawnError, which the hub shows as a 400), not a TypeError (a 500)."""
+    refused(tmp_path, lxd_client, rf"user_options\['image'\] must be a string, not {kind}",
+            allowed_images={"Standard": IMAGE}, user_options={"image": value})
 
 
 def test_missing_push_source(tmp_path, lxd_client):
@@ -124,38 +132,6 @@ def test_hostile_names_are_data_not_code(tmp_path, lxd_client):
         assert not lxd_client.instances.exists(s.instance)
 
 
-def test_failed_resume_keeps_the_kept_instance(tmp_path, lxd_client):
-    """remove = False: a resume that fails (here LXD refuses a limit) must not destroy the
-    user's kept container; fixing the input resumes it."""
-    sp = make_spawner(tmp_path / "state", "keeper2", image=IMAGE, remove=False)
-
-    async def go():
-        await sp.start()
-        created = lxd_client.instances.get(sp.instance).created_at
-        await sp.stop()
-        name = sp.instance
-        # An in-place update LXD refuses: the start fails, the kept container stays.
-        sp.module_variables = {"limits": {"memory": "lots"}}
-        with pytest.raises(TerraformError, match="Invalid value: lots"):
-            await sp.start()
-        assert lxd_client.instances.get(name).created_at == created
-        assert lxd_client.instances.get(name).status == "Stopped"
-        # A change that would replace the container (any config change, with provider v1.5.0)
-        # is refused before anything is applied.
-        sp.module_variables = {"config": {"user.changed": "yes"}}
-        with pytest.raises(SpawnError, match="resuming would replace the kept instance jupyter-keeper2"):
-            await sp.start()
-        assert lxd_client.instances.get(name).created_at == created
-        sp.module_variables = {}
-        await sp.start()
-        assert lxd_client.instances.get(sp.instance).created_at == created
-        await sp.stop()
-        await sp.delete_forever()
-        assert not lxd_client.instances.exists(name)
-
-    asyncio.run(go())
-
-
 @pytest.mark.parametrize("owned", ["name", "labels", "listen_port", "server_environment"])
 def test_module_variables_cannot_override_owned_inputs(tmp_path, lxd_client, owned):
     refused(tmp_path, lxd_client, f"module_variables may not set {owned}: the spawner sets it itself",
@@ -172,34 +148,6 @@ def test_user_name_starting_with_dash_is_never_an_option(tmp_path, lxd_client):
     refused(tmp_path, lxd_client, r"post_hub_commands\[0\]: the argument '\{username\}' would become '-rf'",
             username="-rf", post_hub_commands=[["touch", str(marker), "{username}"]])
     assert not marker.exists()
-
-
-def test_corrupt_state_stops_the_spawn_and_touches_nothing(tmp_path, lxd_client):
-    """remove = False: a state file that cannot be read is not an empty state. Read as empty,
-    the stray-instance path deleted the user's kept container; now the spawn stops, saying why."""
-    sp = make_spawner(tmp_path / "state", "corrupt", image=IMAGE, remove=False)
-
-    async def go():
-        await sp.start()
-        await sp.stop()
-        name = sp.instance
-        created = lxd_client.instances.get(name).created_at
-        state = Path(sp.workspace) / "terraform.tfstate"
-        good = state.read_text()
-        state.write_text(good[: len(good) // 2])  # a torn write
-        with pytest.raises(SpawnError, match="terraform.tfstate is not a valid Terraform state"):
-            await sp.start()
-        assert lxd_client.instances.get(name).created_at == created
-        assert lxd_client.instances.get(name).status == "Stopped"
-        assert state.read_text() == good[: len(good) // 2]
-        state.write_text(good)  # restored by the operator: the kept container resumes
-        await sp.start()
-        assert lxd_client.instances.get(name).created_at == created
-        await sp.stop()
-        await sp.delete_forever()
-        assert not lxd_client.instances.exists(name)
-
-    asyncio.run(go())
 
 
 def test_keyboard_interrupt_is_not_turned_into_a_spawn_error(tmp_path, lxd_client):
@@ -241,3 +189,76 @@ def test_failed_cleanup_is_audited_and_keeps_its_port(tmp_path, lxd_client):
         asyncio.run(go())
     finally:
         subprocess.run([*protect, "false"], capture_output=True)
+
+
+NAMES_AS_PATHS = ["a/b", "..", "x..y"]  # '/' and '..' cannot come from the hub's login, but from its API or an
+# authenticator of the operator's; whatever the source, a name must stay one directory name
+
+
+def _files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_names_in_host_paths_are_escaped_and_stay_in_their_directory(tmp_path, lxd_client):
+    """{username} in host paths is the escaped name (as in DockerSpawner's volumes): with
+    create_mount_dirs, each hostile name gets one directory inside homes/, owned by the user's
+    ids, and its pushed file is read from inside pushed/; nothing is made anywhere else."""
+    from tf_lxd_spawner.naming import host_component as path_component  # what {username} becomes
+
+    homes, pushed = tmp_path / "host" / "homes", tmp_path / "host" / "pushed"
+    homes.mkdir(parents=True)
+    for user in NAMES_AS_PATHS:
+        (pushed / path_component(user)).mkdir(parents=True)
+        (pushed / path_component(user) / "rc").write_text(f"rc of {user}\n")
+    before = _files_under(tmp_path / "host")
+    spawners = [make_spawner(tmp_path / "state", user, image=IMAGE, create_mount_dirs=True,
+                             get_uid_gid=lambda spawner: (2345, 2345),  # allowed for raw.idmap by make's set-up
+                             filesystems_to_mount=[["home", f"{homes}/{{username}}", "/mnt/home"]],
+                             files_to_push=[[f"{pushed}/{{username}}/rc", "/etc/tf-lxd-rc"]])
+                for user in NAMES_AS_PATHS]
+
+    async def go():
+        return await asyncio.gather(*(s.start() for s in spawners), return_exceptions=True)
+
+    results = asyncio.run(go())
+    try:
+        assert not [r for r in results if isinstance(r, BaseException)], results
+        made = {f"homes/{path_component(u)}" for u in NAMES_AS_PATHS}
+        assert _files_under(tmp_path / "host") == before | made
+        for s, user in zip(spawners, NAMES_AS_PATHS):
+            home = homes / path_component(user)
+            assert (home.stat().st_uid, home.stat().st_gid) == (2345, 2345)
+            instance = lxd_client.instances.get(s.instance)
+            assert instance.devices["home"]["source"] == str(home)
+            assert instance.files.get("/etc/tf-lxd-rc") == f"rc of {user}\n".encode()
+    finally:
+        async def stop_all():
+            await asyncio.gather(*(s.stop() for s in spawners))
+
+        asyncio.run(stop_all())
+    for s in spawners:
+        assert not lxd_client.instances.exists(s.instance)
+    assert _files_under(tmp_path / "host") == before | made  # the user's directories stay
+
+
+@pytest.mark.parametrize("user", ["a/b", "..", "../../etc"])
+def test_raw_names_leading_out_of_a_host_directory_are_refused(tmp_path, lxd_client, user):
+    """{raw_username}, written by the operator, is the name as it is: one that would lead out
+    of its directory is refused before anything is made (create_mount_dirs makes nothing)."""
+    homes = tmp_path / "host" / "homes"
+    homes.mkdir(parents=True)
+    template = f"{homes}/{{raw_username}}"
+    refused(tmp_path, lxd_client,
+            rf"filesystems_to_mount\[0\]: the host path '{re.escape(template)}' would be "
+            rf"'{re.escape(str(homes) + '/' + user)}'", username=user, create_mount_dirs=True,
+            filesystems_to_mount=[["home", template, "/mnt/home"]])
+    refused(tmp_path, lxd_client, r"files_to_push\[0\]: the host path .* would be", username=user,
+            files_to_push=[[f"{homes}/{{raw_username}}/rc", "/etc/rc"]])
+    assert _files_under(tmp_path / "host") == {"homes"}
+
+
+def test_names_leading_out_of_a_container_path_are_refused(tmp_path, lxd_client):
+    refused(tmp_path, lxd_client, r"filesystems_to_mount\[0\]: the container path '/home/\{username\}' would be "
+            r"'/home/\.\.'", username="..", create_mount_dirs=True,
+            filesystems_to_mount=[["home", f"{tmp_path}/homes/{{username}}", "/home/{username}"]])
+    assert not (tmp_path / "homes").exists()

@@ -196,6 +196,8 @@ c.LxdSpawner.lxd_cert = "{cluster.cert}"
 c.LxdSpawner.lxd_key = "{cluster.key}"
 c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
 c.LxdSpawner.host_weights = {{"m1": 0, "m2": 0}}
+c.LxdSpawner.storage_pool = "local"  # the test daemons' pool (dir: it cannot enforce a quota)
+c.LxdSpawner.storage_capacity = ""
 """
     hub = Hub(work, extra).start()
     try:

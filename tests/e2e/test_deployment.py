@@ -222,7 +222,8 @@ def test_one_poll_round_of_many_servers_costs_one_request(hub):
     spawners = []
     for i in range(60):
         sp = make_spawner(hub.state_dir, users[i % 3])
-        sp.instance = f"jupyter-{users[i % 3]}"
+        # The record the running server has, as a restarted hub loads it from its database.
+        sp.load_state(json.loads((ws_of(hub, users[i % 3]) / "server-state.json").read_text()))
         spawners.append(sp)
 
     async def round_():

@@ -122,7 +122,7 @@ c.LxdSpawner.terraform_cli_config = "{CACHE / 'terraform' / 'cli.tfrc'}"
 
 def run_doctor(config, scratch, *options, text=False):
     """`tf-lxd-spawner -f config <options>`; options name the command ("doctor" when empty)."""
-    argv = [CLI, "-f", str(config), *(options or ["doctor"])] + ([] if text else ["--json"])
+    argv = [CLI, *(["-f", str(config)] if config else []), *(options or ["doctor"])] + ([] if text else ["--json"])
     env = dict(os.environ, TMPDIR=str(scratch))
     t0 = time.monotonic()
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
@@ -154,12 +154,13 @@ BROKEN = {
                       f"uid {UNMAPPED_ID} and gid {UNMAPPED_ID}", f"add 'root:{UNMAPPED_ID}:1' in /etc/subuid and "
                       f"'root:{UNMAPPED_ID}:1' in /etc/subgid, then restart LXD"),
     "state-dir-world-writable": ("", (), "state_dir", "has mode 0777", "chmod 0700 {work}/state"),
-    "state-dir-missing": ("", ("--state-dir", "{work}/missing", "doctor"), "state_dir", "{work}/missing does not exist",
-                          "install -d -m 0700 -o root {work}/missing"),
+    "state-dir-impossible": ("", ("--state-dir", "{work}/afile/state", "doctor"), "state_dir",
+                             "{work}/afile/state cannot be created: {work}/afile is not a directory",
+                             "install -d -m 0700 -o root {work}/afile/state"),
     "ports-taken": ("c.LxdSpawner.proxy_port_range = ({low}, {high})", (), "ports", "0 of 3 free on 127.0.0.1",
                     "widen c.LxdSpawner.proxy_port_range"),
-    "hub-not-running": ("c.JupyterHub.hub_port = {closed}", (), "hub", "nothing answers at http://127.0.0.1:{closed}/hub/api",
-                        "start the hub first, or run doctor while it runs"),
+    "storage-pool-missing": ('c.LxdSpawner.storage_pool = "no-such-pool"', (), "storage",
+                             "storage_pool 'no-such-pool' does not exist", "create it"),
     "hub-wrong-path": ('c.JupyterHub.base_url = "/elsewhere/"', (), "hub", "answered HTTP 404, not JupyterHub's API",
                        "check c.JupyterHub.base_url"),
 }
@@ -175,6 +176,11 @@ HEALTHY = {
 }
 
 
+#: An operator's day one: doctor before the hub's first start, -f after the sub-command. The
+#: state_dir the first spawn makes and a hub not running yet are said, never failed.
+FIRST_START = ("c.JupyterHub.hub_port = {closed}", ("doctor", "-f", "{config}", "--state-dir", "{work}/new/state"))
+
+
 def prepare(case: str, work, hub_port, held: list):
     """The config, doctor options and names (work dir, ports) of one case, with what the case
     needs on disk."""
@@ -182,6 +188,9 @@ def prepare(case: str, work, hub_port, held: list):
     fill = {"work": work, "closed": closed, "image": IMAGE}
     if case in HEALTHY:
         return write_config(work, hub_port, HEALTHY[case].format(**fill)), (), fill
+    if case == "first-start":
+        config = write_config(work, hub_port, FIRST_START[0].format(**fill))
+        return None, tuple(o.format(config=config, **fill) for o in FIRST_START[1]), fill
     lines, options, *_ = BROKEN[case]
     if case == "ports-taken":
         sockets = consecutive_ports(3)
@@ -198,6 +207,8 @@ def prepare(case: str, work, hub_port, held: list):
                                          f'    path    = "{work}/mirror"\n    include = ["terraform-lxd/lxd"]\n'
                                          '  }\n}\n')
     config = write_config(work, hub_port, lines.format(**fill))
+    if case == "state-dir-impossible":
+        (work / "afile").write_text("")
     if case == "state-dir-world-writable":
         os.chmod(work / "state", 0o777)
     return config, tuple(o.format(**fill) for o in options), fill
@@ -211,7 +222,7 @@ def reports(tmp_path_factory, hub_port, lxd_client, incus_client):
     held: list[socket.socket] = []
     runs = {}
     try:
-        for case in [*HEALTHY, *BROKEN]:
+        for case in [*HEALTHY, *BROKEN, "first-start"]:
             work = tmp_path_factory.mktemp(case)
             runs[case] = prepare(case, work, hub_port, held)
         with ThreadPoolExecutor(4) as pool:
@@ -245,8 +256,24 @@ def test_working_setup_passes_every_check(reports, case):
     assert expected_ids in checks["subids"]["detail"]
     assert checks["state_dir"]["detail"].startswith(f"{fill['work'] / 'state'}, mode 0700")
     assert "free on 127.0.0.1" in checks["ports"]["detail"]
+    assert "quota 10GiB enforced" in checks["storage"]["detail"], checks["storage"]
     assert f"JupyterHub {HUB_VERSION}" in checks["hub"]["detail"]
     assert "answers containers on the" in checks["hub"]["detail"]
+
+
+def test_before_the_first_start_doctor_passes_and_says_what_comes_later(reports):
+    fill, r = reports["first-start"]
+    assert r["rc"] == 0, r["stdout"] + r["stderr"]
+    checks = r["checks"]
+    state = checks["state_dir"]
+    assert state["status"] == "ok" and state["detail"] == (
+        f"{fill['work']}/new/state will be created by the first spawn (mode 0700, owned by root, in {fill['work']})")
+    hub = checks["hub"]
+    assert hub["status"] == "skip", hub
+    assert hub["detail"].startswith(f"hub not running (nothing answers at http://127.0.0.1:{fill['closed']}/hub/api")
+    assert hub["detail"].endswith("start it and run doctor again to check containers reach it")
+    assert not (fill["work"] / "new").exists()  # doctor itself makes nothing
+    assert {c["status"] for n, c in checks.items() if n != "hub"} == {"ok"}, checks
 
 
 @pytest.mark.parametrize("case", list(BROKEN))

@@ -101,3 +101,16 @@ def test_incus_with_opentofu(tmp_path):
         assert record["terraform_binary"] == str(exampleconfig.REPO / ".cache" / "bin" / "tofu"), record
         assert record["daemon"]["backend"] == "incus", record
     spawn_and_stop("incus-opentofu", tmp_path, "example-tofu", check)
+
+
+def test_profiles_large_with_an_image_of_ones_own(tmp_path):
+    """examples/profiles: the Large profile's limits and an unlisted image alias, chosen as the
+    REST API sends it; the audit names the profile."""
+    def check(inst, sp):
+        assert inst.config["limits.memory"] == str(4 * 1024**3)
+        assert inst.config["limits.cpu.allowance"] == "200ms/100ms"
+        [audit] = (tmp_path / "state").glob("*/_default/audit.jsonl")
+        record = json.loads(audit.read_text().splitlines()[-1])
+        assert (record["profile"], record["image"]) == ("large", "jupyter-notebook"), record
+    spawn_and_stop("profiles", tmp_path, "example-profiles", check,
+                   user_options={"profile": "large", "image--unlisted-choice": "jupyter-notebook"})

@@ -5,6 +5,7 @@ import json
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -126,8 +127,20 @@ def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
         assert r["user"] == "alice" and r["instance"] == name and r["image"] == "jupyter-notebook"
         assert r["terraform_version"] and "lxd" in " ".join(r["providers"])
         assert r["duration"] > 0
-    assert sorted(p.name.split("-", 1)[1] for p in (ws / "logs").iterdir()) == [
-        "apply.jsonl", "destroy.jsonl", "init.jsonl"]
+    # No init of its own (share_terraform_init): its .terraform is the hub's one initialised
+    # directory for this root module, and that was initialised once.
+    assert sorted(p.name.split("-", 1)[1] for p in (ws / "logs").iterdir()) == ["apply.jsonl", "destroy.jsonl"]
+    shared = shared_init_of(hub, ws)
+    assert len(list((shared / "logs").glob("*-init.jsonl"))) == 1
+
+
+def shared_init_of(hub, ws):
+    """The shared initialised directory a workspace's .terraform links to."""
+    dot = ws / ".terraform"
+    assert dot.is_symlink(), f"{dot} is not a link to the shared init"
+    shared = Path(os.readlink(dot)).parent
+    assert shared.parent == hub.state_dir / "_terraform-init", shared
+    return shared
 
 
 def test_two_users_at_once_each_reach_only_their_own(hub, lxd_client):
@@ -142,6 +155,12 @@ def test_two_users_at_once_each_reach_only_their_own(hub, lxd_client):
         hub.wait_ready(u)
         names[u] = hub.run_code(u, token, "import socket; print(socket.gethostname())").strip()
     assert names == {"bob": "jupyter-bob", "carol": "jupyter-carol"}
+    # Two new users at once: neither ran init; both use the one directory initialised before.
+    shared = {shared_init_of(hub, hub.state_dir / u / "_default") for u in tokens}
+    assert len(shared) == 1
+    assert len(list(shared.pop().joinpath("logs").glob("*-init.jsonl"))) == 1
+    for u in tokens:
+        assert not list((hub.state_dir / u / "_default" / "logs").glob("*-init.jsonl"))
     assert lxd_client.instances.get("jupyter-bob").status == "Running"
     assert lxd_client.instances.get("jupyter-carol").status == "Running"
     # bob's token does not open carol's server, and the other way round.

@@ -38,6 +38,9 @@ def installed(tmp_path_factory):
     where = subprocess.run([str(python), "-c", "import tf_lxd_spawner.spawner as s; print(s.default_module_source())"],
                            check=True, capture_output=True, text=True, cwd=work).stdout.strip()
     assert where.startswith(site), where  # the packaged module, not the repository's
+    # The storage module (a user's home volume) is packaged beside it, with its tests and docs.
+    for f in ("versions.tf", "variables.tf", "main.tf", "outputs.tf", "README.md", "tests/storage.tftest.hcl"):
+        assert (Path(where).parent / "storage" / f).is_file(), f
     return python, where
 
 

@@ -26,6 +26,9 @@ c.LxdSpawner.lxd_cert = {str(cluster.cert)!r}
 c.LxdSpawner.lxd_key = {str(cluster.key)!r}
 c.LxdSpawner.lxd_verify = {str(cluster.server_cert)!r}
 c.LxdSpawner.image = {IMAGE!r}
+# Where LXD puts servers is the subject here: with a home volume on a pool local to each member
+# the volume's member decides instead (tested in test_incus_cluster).
+c.LxdSpawner.storage_enabled = False
 
 def hook(spawner):
     if spawner.user.name.startswith("bylxd"):

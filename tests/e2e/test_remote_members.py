@@ -38,6 +38,8 @@ def remote_hub(work, lxd, extra=""):
     return Hub(work, f"""
 c.JupyterHub.hub_ip = {lxd.host_address!r}
 {config}
+c.LxdSpawner.storage_pool = "local"  # the test daemons' pool (dir: it cannot enforce a quota)
+c.LxdSpawner.storage_capacity = ""
 {extra}
 """).start()
 

@@ -11,11 +11,11 @@ import pytest
 import exampleconfig
 from conftest import CACHE, MODULE_DIR, REPO, terraform_env
 
-EXPECTED = {"demo", "seed", "cluster-weights", "custom-module-gpu", "incus-opentofu"}
+EXPECTED = {"demo", "seed", "cluster-weights", "custom-module-gpu", "incus-opentofu", "profiles"}
 FOUND = sorted(p.parent.name for p in exampleconfig.EXAMPLES.glob("*/jupyterhub_config.py"))
 
 
-def test_the_examples_are_the_expected_five_each_with_a_readme():
+def test_the_examples_are_the_expected_six_each_with_a_readme():
     assert set(FOUND) == EXPECTED
     for name in EXPECTED:
         readme = (exampleconfig.EXAMPLES / name / "README.md").read_text()
@@ -43,7 +43,8 @@ def test_demo_keeps_its_place_and_defaults(monkeypatch):
     monkeypatch.delenv("DEMO_BACKEND", raising=False)
     monkeypatch.delenv("DEMO_TERRAFORM", raising=False)
     sp = exampleconfig.spawner("demo")
-    assert (sp.backend, sp.terraform_path, sp.image) == ("lxd", "", "jupyter-notebook")
+    # Incus: the faster daemon by docs/performance.md (the README says why).
+    assert (sp.backend, sp.terraform_path, sp.image) == ("incus", "", "jupyter-notebook")
     assert sp.module_source == str(MODULE_DIR)
     makefile = (REPO / "Makefile").read_text()
     assert "cd examples/$(EXAMPLE) && $(VENV)/bin/jupyterhub -f jupyterhub_config.py" in makefile

@@ -87,6 +87,6 @@ def test_spawn_stages_are_observed_with_the_outcome():
     with stages.timed("apply"):
         pass
     before = value("tf_lxd_spawner_spawn_stage_duration_seconds_count", stage="apply", outcome="failed")
-    metrics.observe_spawn(stages, "failed")
+    metrics.observe_spawn(stages, "failed", "gpu")
     assert value("tf_lxd_spawner_spawn_stage_duration_seconds_count", stage="apply", outcome="failed") == before + 1
-    assert value("tf_lxd_spawner_spawn_duration_seconds_count", outcome="failed") >= 1
+    assert value("tf_lxd_spawner_spawn_duration_seconds_count", outcome="failed", profile="gpu") >= 1

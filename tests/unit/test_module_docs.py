@@ -1,11 +1,14 @@
-"""The module README's inputs/outputs tables are generated (setup/module_docs.py) and in sync, and
-the generator reads the HCL it meets correctly (checked on a small module written here)."""
+"""The modules' README inputs/outputs tables (notebook and storage) are generated
+(setup/module_docs.py) and in sync, and the generator reads the HCL it meets correctly (checked on a
+small module written here)."""
 
 import importlib.util
 import subprocess
 import sys
 
-from conftest import MODULE_DIR, REPO
+import pytest
+
+from conftest import MODULE_DIR, REPO, STORAGE_MODULE_DIR
 
 SCRIPT = REPO / "setup" / "module_docs.py"
 
@@ -19,19 +22,43 @@ def load_generator():
 
 
 def test_module_readme_tables_are_in_sync():
+    """`make module-docs` (the script without arguments) covers every module the repository ships."""
+    gen = load_generator()
+    assert gen.DEFAULT_MODULES == [MODULE_DIR, STORAGE_MODULE_DIR]
     r = subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
-def test_every_variable_and_output_is_in_the_readme():
-    readme = (MODULE_DIR / "README.md").read_text()
+# What the spawner relies on in each module (a parser that stopped early would miss these).
+RELIED_ON = {
+    MODULE_DIR: {"name", "image", "user", "files", "volumes", "labels", "instance_name", "status", "environment_file"},
+    STORAGE_MODULE_DIR: {"name", "pool", "size", "config", "target", "labels", "location"},
+}
+
+
+@pytest.mark.parametrize("module", RELIED_ON, ids=lambda m: m.name)
+def test_every_variable_and_output_is_in_the_readme(module):
+    readme = (module / "README.md").read_text()
     docs = readme[readme.index("<!-- BEGIN_TF_DOCS -->"):readme.index("<!-- END_TF_DOCS -->")]
     gen = load_generator()
-    names = [v.name for v in gen.variables(MODULE_DIR)] + [o.name for o in gen.outputs(MODULE_DIR)]
-    # What the spawner relies on is among them (a parser that stopped early would miss these).
-    assert {"name", "image", "user", "files", "labels", "instance_name", "status", "environment_file"} <= set(names)
+    names = [v.name for v in gen.variables(module)] + [o.name for o in gen.outputs(module)]
+    assert RELIED_ON[module] <= set(names)
     for name in names:
         assert f"| `{name}` |" in docs
+    r = subprocess.run([sys.executable, str(SCRIPT), "--check", str(module)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_check_names_every_stale_readme(tmp_path):
+    """With several modules, --check looks at all of them and names each one out of date."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "variables.tf").write_text(VARIABLES_TF)
+        (tmp_path / name / "README.md").write_text(README)
+    r = subprocess.run([sys.executable, str(SCRIPT), "--check", str(tmp_path / "a"), str(tmp_path / "b")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert str(tmp_path / "a" / "README.md") in r.stderr and str(tmp_path / "b" / "README.md") in r.stderr
 
 
 VARIABLES_TF = r'''
@@ -140,3 +167,23 @@ def test_generator_refuses_hcl_it_cannot_read(tmp_path):
     r = subprocess.run([sys.executable, str(SCRIPT), "--check", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "Unterminated template string" in r.stderr and "variables.tf:2" in r.stderr
+
+
+def test_files_output_is_sensitive_wherever_it_is_passed_on():
+    """The files output carries the operators' inline contents: sensitive in the module (its
+    README says so), in the custom-module example that wraps it, and in the spawner's root,
+    whose outputs Terraform would otherwise print into every run log."""
+    import re
+
+    from conftest import REPO
+    from tf_lxd_spawner.workspace import render_root
+
+    gen = load_generator()
+    for module in (MODULE_DIR, REPO / "examples" / "custom-module-gpu" / "module"):
+        assert {o.name: o.sensitive for o in gen.outputs(module)}["files"], module
+    docs = (MODULE_DIR / "README.md").read_text()
+    assert re.search(r"^\| `files` \| [^\n]*\(sensitive\) \|$", docs, re.M)
+    root = render_root(str(MODULE_DIR), ["name", "files"], {"refresh_interval": "250ms", "remote": None,
+                                                             "config_dir": None, "accept_remote_certificate": False})
+    block = re.search(r'^output "files" \{\n(.*?)^\}', root, re.M | re.S).group(1)
+    assert re.search(r"^\s*sensitive\s*=\s*true$", block, re.M), block

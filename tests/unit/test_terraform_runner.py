@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ FAKE = """#!/usr/bin/env python3
 import json, os, signal, sys, time
 mode = os.environ["FAKE_MODE"]
 def on_int(*_):
+    time.sleep(1.5)  # as Terraform saving its state and unlocking
     open(os.environ["FAKE_MARK"], "w").write("interrupted")
     sys.exit(130)
 signal.signal(signal.SIGINT, on_int)
@@ -93,8 +95,13 @@ def test_cancel_interrupts_before_killing(tmp_path, fake):
         task = asyncio.ensure_future(runner.run("apply", cwd=tmp_path))
         await asyncio.sleep(1)
         task.cancel()
+        t0 = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # The cancellation is not held up by Terraform saving its state (JupyterHub's Stop
+        # during a spawn allows one second); the interrupt goes on, and ends the process.
+        assert time.monotonic() - t0 < 0.5
+        await TerraformRunner.wait_for_interrupted()
 
     asyncio.run(go())
     assert mark.read_text() == "interrupted"
@@ -166,3 +173,36 @@ async def test_init_without_json_for_terraform_before_1_9(tmp_path, fake):
     failing = TerraformRunner(fake, env={"FAKE_MODE": "fail"})  # another error is not retried
     with pytest.raises(TerraformError):
         await failing.run("init", cwd=tmp_path, log_path=tmp_path / "fail.log")
+
+
+def test_planned_replacements_name_the_reason():
+    """A refused resume's log says why Terraform would replace the instance (a tainted resource
+    is not a changed setting: the operator acts differently on each)."""
+    from tf_lxd_spawner.terraform import planned_replacements
+
+    def change(addr, rtype, action, reason=None):
+        c = {"resource": {"addr": addr, "resource_type": rtype}, "action": action}
+        return {"type": "planned_change", "change": {**c, **({"reason": reason} if reason else {})}}
+
+    events = [change("a.lxd_container.x", "lxd_container", "replace", "tainted"),
+              change("b.lxd_container.y", "lxd_container", "update"),
+              change("c.lxd_container.z", "lxd_container", "delete"),
+              change("d.lxd_volume.v", "lxd_volume", "replace", "cannot_update")]
+    assert planned_replacements(events, "lxd_container") == ["a.lxd_container.x (tainted)", "c.lxd_container.z"]
+    assert planned_replacements(events, "lxd_volume") == ["d.lxd_volume.v (cannot_update)"]
+
+
+def test_the_spawners_runs_get_its_gogc(tmp_path):
+    """terraform_gogc reaches every terraform run (and so its provider); 0 leaves it alone."""
+    from spawnerstub import make_spawner
+
+    async def envs():
+        tuned = make_spawner(tmp_path, "alice", terraform_gogc=250).runner._environ(None)
+        plain = make_spawner(tmp_path, "bob", terraform_gogc=0).runner._environ(None)
+        return tuned, plain
+
+    tuned, plain = asyncio.run(envs())
+    assert tuned["GOGC"] == "250"
+    assert plain.get("GOGC") == os.environ.get("GOGC")  # only what the allow-list passes on
+    with pytest.raises(Exception, match="terraform_gogc -1"):
+        make_spawner(tmp_path, "carol", terraform_gogc=-1)

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -233,3 +234,62 @@ def test_outputs_are_read_from_the_state(tmp_path):
     ws.state_file.write_text("{not json")
     with pytest.raises(StateUnreadable):
         ws.state_outputs()
+
+
+def _runs(ws, count, token=""):
+    """`count` runs as the spawner makes them: a run log, an audit record, then seal."""
+    made = []
+    for i in range(count):
+        path = ws.run_log("apply")
+        while made and path == made[-1]:  # two runs in one microsecond: take the next
+            path = ws.run_log("apply")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'{{"@message": "run {i} {token}"}}\n')
+        ws._audit({"operation": "start", "run": i})
+        ws._seal()
+        made.append(path)
+    return made
+
+
+def test_only_the_newest_run_logs_are_kept_and_the_audit_stays_whole(tmp_path):
+    RUN_LOGS_KEPT = 50  # noqa: N806 (workspace.RUN_LOGS_KEPT, the default)
+
+    ws = Workspace(tmp_path / "ws")
+    made = _runs(ws, RUN_LOGS_KEPT + 10)
+    assert sorted(ws.logs_dir.iterdir()) == made[-RUN_LOGS_KEPT:]  # the newest
+    assert ws.run_logs() == made[-RUN_LOGS_KEPT:]  # in order
+    assert [r["run"] for r in ws.audit_records()] == list(range(RUN_LOGS_KEPT + 10))
+    # A smaller bound per workspace; scrub prunes too, and files that are not run logs stay.
+    (ws.logs_dir / "operator-notes.txt").write_text("mine\n")
+    small = Workspace(ws.path, keep_logs=3)
+    small._scrub_secrets({"no-such-token"})
+    assert small.run_logs() == made[-3:] and (ws.logs_dir / "operator-notes.txt").exists()
+    assert len(ws.audit_records()) == RUN_LOGS_KEPT + 10
+    from tf_lxd_spawner.workspace import RUN_LOGS_KEPT as default
+    assert default == RUN_LOGS_KEPT
+
+
+def test_scrub_reads_a_run_log_once_and_still_scrubs_new_ones(tmp_path, monkeypatch):
+    """Run logs are written once, during their run: one a scrub read clean need not be read at
+    the next stop; one written (or changed) since is read."""
+    ws = Workspace(tmp_path / "ws")
+    old = _runs(ws, 20, token="tok-one")
+    assert ws._scrub_secrets({"tok-one"})
+    new = _runs(ws, 2, token="tok-two")
+    read = []
+    real = Path.read_bytes
+
+    def counting(self):
+        read.append(self)
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    changed = ws._scrub_secrets({"tok-two"})
+    assert sorted(map(str, new)) == sorted(c for c in changed if "/logs/" in c)
+    assert not set(old) & set(read), "logs read clean by the last scrub were read again"
+    assert set(new) <= set(read)
+    old[0].write_text('{"@message": "tok-two, appended later"}\n')  # changed since: read again
+    assert ws._scrub_secrets({"tok-two"}) == [str(old[0])]
+    for path in ws.path.rglob("*"):
+        if path.is_file():
+            assert "tok-" not in path.read_text(), path

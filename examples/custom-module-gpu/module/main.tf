@@ -38,6 +38,7 @@ module "notebook" {
   files              = var.files
   files_via_provider = var.files_via_provider
   disks              = var.disks
+  volumes            = var.volumes
   devices            = var.devices
   limits             = var.limits
   privileged         = var.privileged

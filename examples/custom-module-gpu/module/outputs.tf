@@ -23,6 +23,7 @@ output "connect_port" {
 output "files" {
   description = "The files the instance gets besides its environment (see the notebook module)."
   value       = module.notebook.files
+  sensitive   = true
 }
 
 output "environment_file" {

@@ -98,6 +98,12 @@ variable "disks" {
   type        = any
 }
 
+variable "volumes" {
+  description = "Custom storage volumes to mount, a user's home among them (see the notebook module)."
+  type        = any
+  default     = []
+}
+
 variable "devices" {
   description = "Extra devices of the instance itself (see the notebook module)."
   type        = any

@@ -70,7 +70,18 @@ locals {
     }
   }
 
-  devices = merge(local.disk_devices, var.devices, local.proxy_devices)
+  volume_devices = {
+    for v in var.volumes : v.name => {
+      type       = "disk"
+      properties = { pool = v.pool, source = v.source, path = v.path }
+    }
+  }
+
+  # A name in two of these would silently lose a device: the precondition below refuses that.
+  devices = merge(local.disk_devices, local.volume_devices, var.devices, local.proxy_devices)
+  device_names = concat(
+    keys(local.disk_devices), keys(local.volume_devices), keys(var.devices), keys(local.proxy_devices),
+  )
 
   # LXD drops keys with empty values: leaving them out keeps the next plan from seeing a
   # change (a change of config replaces the instance with provider v1.5.0).
@@ -85,16 +96,18 @@ locals {
 }
 
 resource "lxd_container" "notebook" {
-  name             = var.name
-  image            = var.image
-  remote           = var.remote
-  target           = var.target
-  profiles         = var.profiles
-  limits           = var.limits
-  config           = local.config
-  ephemeral        = false
-  start_container  = var.files_via_provider
-  wait_for_network = false
+  name            = var.name
+  image           = var.image
+  remote          = var.remote
+  target          = var.target
+  profiles        = var.profiles
+  limits          = var.limits
+  config          = local.config
+  ephemeral       = false
+  start_container = var.files_via_provider
+  # instance-ip: when the provider starts the instance, it waits for an IPv4 address (up to
+  # 3 minutes); with files_via_provider = false the caller starts it and waits itself.
+  wait_for_network = var.connect_via == "instance-ip"
 
   dynamic "device" {
     for_each = local.devices
@@ -122,6 +135,15 @@ resource "lxd_container" "notebook" {
     precondition {
       condition     = var.connect_via != "proxy" || var.listen_port != null
       error_message = "connect_via = \"proxy\" needs listen_port."
+    }
+    precondition {
+      condition     = length(distinct(local.device_names)) == length(local.device_names)
+      error_message = "Device names must be unique across disks, volumes, devices and the module's own proxy devices (jupyter-server, jupyterhub-api)."
+    }
+    # A stopped instance (created stopped, or a kept one before it is resumed) has no address yet.
+    postcondition {
+      condition     = var.connect_via != "instance-ip" || self.status != "Running" || self.ipv4_address != ""
+      error_message = "connect_via = \"instance-ip\" needs an IPv4 address on the instance: give it a nic device on a network that provides one (profiles or devices), or use connect_via = \"proxy\"."
     }
   }
 }

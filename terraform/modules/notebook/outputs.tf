@@ -9,7 +9,7 @@ output "location" {
 }
 
 output "connect_address" {
-  description = "Address the hub connects to: the proxy device's listen address, or the instance's IPv4 address."
+  description = "Address the hub connects to: the proxy device's listen address, or the instance's IPv4 address (\"\" while the instance is stopped: with files_via_provider = false the caller asks LXD once it started it)."
   value       = var.connect_via == "proxy" ? var.listen_address : lxd_container.notebook.ipv4_address
 }
 
@@ -21,6 +21,7 @@ output "connect_port" {
 output "files" {
   description = "The files the instance gets besides its environment (target_path, content or source, mode, uid, gid): the operator's files and the server's launch file. With files_via_provider = false the caller writes them before it starts the instance."
   value       = concat(var.files, [local.spawn_file])
+  sensitive   = true # operators' inline contents (and the launch file) are for the caller, not for plan output
 }
 
 output "environment_file" {

@@ -65,7 +65,7 @@ variable "user" {
 }
 
 variable "server_cmd" {
-  description = "Command line of the single-user server as an argument list (no shell). It must listen on 127.0.0.1:server_port inside the instance."
+  description = "Command line of the single-user server as an argument list (no shell). It must listen on server_port inside the instance: on 127.0.0.1 with connect_via = \"proxy\", on the instance's own address (or all addresses) with \"instance-ip\"."
   type        = list(string)
   default     = ["jupyterhub-singleuser"]
 
@@ -101,7 +101,7 @@ variable "server_environment" {
 }
 
 variable "connect_via" {
-  description = "How the hub reaches the server: \"proxy\" (an LXD proxy device listening on listen_address:listen_port of the member; needs no network in the instance) or \"instance-ip\" (the instance's own IPv4 address and server_port)."
+  description = "How the hub reaches the server: \"proxy\" (an LXD proxy device listening on listen_address:listen_port of the member; needs no network in the instance) or \"instance-ip\" (the instance's own IPv4 address and server_port, with no proxy device for the server: the instance needs a nic device and an address the hub can route to, and the provider waits for that address when it starts the instance)."
   type        = string
   default     = "proxy"
 
@@ -208,6 +208,42 @@ variable "disks" {
   validation {
     condition     = length(distinct([for d in var.disks : d.name])) == length(var.disks)
     error_message = "Disk names must be unique."
+  }
+}
+
+variable "volumes" {
+  description = "LXD custom storage volumes mounted into the instance (a user's home from the storage module, say): name (device name), pool and source (the volume's pool and name), path (the mount point inside the instance, absolute). The volume outlives the instance: destroying the instance only removes the device."
+  type = list(object({
+    name   = string
+    pool   = string
+    source = string
+    path   = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for v in var.volumes : can(regex("^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", v.name))])
+    error_message = "Volume device names must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit."
+  }
+  validation {
+    condition     = alltrue([for v in var.volumes : !contains(["jupyter-server", "jupyterhub-api", "root"], v.name)])
+    error_message = "Volume device names must not be jupyter-server or jupyterhub-api (the module's own proxy devices) or root (the root disk)."
+  }
+  validation {
+    condition     = length(distinct([for v in var.volumes : v.name])) == length(var.volumes)
+    error_message = "Volume device names must be unique."
+  }
+  validation {
+    condition     = alltrue([for v in var.volumes : startswith(v.path, "/") && v.path != "/"])
+    error_message = "Each volume's path must be an absolute path other than /."
+  }
+  validation {
+    condition     = length(distinct([for v in var.volumes : trimsuffix(v.path, "/")])) == length(var.volumes)
+    error_message = "Each volume needs a mount path of its own."
+  }
+  validation {
+    condition     = alltrue([for v in var.volumes : length(trimspace(v.pool)) > 0 && length(trimspace(v.source)) > 0])
+    error_message = "Each volume needs a pool and a source (the volume's name)."
   }
 }
 

@@ -28,7 +28,18 @@ variables {
   limits = { processes = "2000" }
 }
 
+# A custom volume (what the storage module makes for a user's home) for the instance to mount.
+run "volume" {
+  module {
+    source = "./tests/volume"
+  }
+}
+
 run "create" {
+  variables {
+    volumes = [{ name = "tftest-volume", pool = run.volume.pool, source = run.volume.name, path = "/mnt/tftest-volume" }]
+  }
+
   assert {
     condition     = output.instance_name == var.name && output.status == "Running"
     error_message = "The instance should be named var.name and running, not ${output.instance_name} ${output.status}."
@@ -37,6 +48,10 @@ run "create" {
     # tostring(): OpenTofu hands a test a variable from TF_VAR_* as a string.
     condition     = output.connect_address == "127.0.0.1" && tostring(output.connect_port) == tostring(var.listen_port)
     error_message = "connect_via = \"proxy\" should connect to the proxy device's listen address and port."
+  }
+  assert {
+    condition     = !lxd_container.notebook.wait_for_network
+    error_message = "connect_via = \"proxy\" needs no NIC: the provider should not wait for a network."
   }
   assert {
     condition     = output.location == "none"
@@ -74,6 +89,12 @@ run "create" {
     error_message = "The instance should carry the managed flag and its labels, and be unprivileged."
   }
   assert {
+    condition = one([for d in lxd_container.notebook.device : d.properties if d.name == "tftest-volume" && d.type == "disk"]) == tomap({
+      pool = "default", source = "${var.name}-vol", path = "/mnt/tftest-volume"
+    })
+    error_message = "The volume should be a disk device with its pool, source and path."
+  }
+  assert {
     condition     = lxd_container.notebook.limits == tomap({ processes = "2000" })
     error_message = "limits should reach the instance."
   }
@@ -83,8 +104,9 @@ run "create" {
   }
 }
 
-# What the container really holds: modes, owners and contents of every pushed file, and the
-# server answering through the proxy device (tests/inspect runs lxc on this machine).
+# What the container really holds: modes, owners and contents of every pushed file, the volume
+# mounted where it should be, and the server answering through the proxy device (tests/inspect
+# runs lxc on this machine).
 run "inspect" {
   module {
     source = "./tests/inspect"
@@ -98,10 +120,15 @@ run "inspect" {
     environment      = { JUPYTER_TOKEN = "tftest-token" }
     connect_address  = run.create.connect_address
     connect_port     = run.create.connect_port
+    mounts           = ["/mnt/tftest-volume"]
   }
 
   assert {
     condition     = length(output.checked_paths) == 4
     error_message = "Every pushed file should have been checked inside the instance."
+  }
+  assert {
+    condition     = output.checked_mounts == tolist(["/mnt/tftest-volume"])
+    error_message = "The volume should have been found mounted inside the instance."
   }
 }

@@ -30,6 +30,10 @@ run "instance_ip_plan" {
     error_message = "With instance-ip the hub connects to server_port."
   }
   assert {
+    condition     = lxd_container.notebook.wait_for_network
+    error_message = "With instance-ip the provider should wait for the instance's address when it starts it."
+  }
+  assert {
     condition     = [for d in lxd_container.notebook.device : d.name] == ["data"]
     error_message = "With instance-ip and no hub_address there should be no proxy device, only the disk."
   }
@@ -231,4 +235,86 @@ run "label_key_upper_case" {
     labels = { Owner = "alice" }
   }
   expect_failures = [var.labels]
+}
+
+run "volume_plan" {
+  command = plan
+  variables {
+    volumes = [{ name = "home", pool = "default", source = "home-alice", path = "/home/alice" }]
+  }
+  assert {
+    condition     = one([for d in lxd_container.notebook.device : d if d.name == "home"]).properties == tomap({ pool = "default", source = "home-alice", path = "/home/alice" })
+    error_message = "A volume should be a disk device with pool, source and path."
+  }
+}
+
+run "volume_relative_path" {
+  command = plan
+  variables {
+    volumes = [{ name = "home", pool = "default", source = "home-alice", path = "home/alice" }]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_at_root" {
+  command = plan
+  variables {
+    volumes = [{ name = "home", pool = "default", source = "home-alice", path = "/" }]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_names_repeated" {
+  command = plan
+  variables {
+    volumes = [
+      { name = "home", pool = "default", source = "a", path = "/a" },
+      { name = "home", pool = "default", source = "b", path = "/b" },
+    ]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_paths_repeated" {
+  command = plan
+  variables {
+    volumes = [
+      { name = "a", pool = "default", source = "a", path = "/data" },
+      { name = "b", pool = "default", source = "b", path = "/data/" },
+    ]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_named_like_the_server_proxy" {
+  command = plan
+  variables {
+    volumes = [{ name = "jupyter-server", pool = "default", source = "home-alice", path = "/home/alice" }]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_without_source" {
+  command = plan
+  variables {
+    volumes = [{ name = "home", pool = "default", source = "", path = "/home/alice" }]
+  }
+  expect_failures = [var.volumes]
+}
+
+run "volume_named_like_a_disk" {
+  command = plan
+  variables {
+    disks   = [{ name = "data", source = "/srv/data", path = "/data" }]
+    volumes = [{ name = "data", pool = "default", source = "home-alice", path = "/home/alice" }]
+  }
+  expect_failures = [lxd_container.notebook]
+}
+
+run "device_named_like_the_hub_proxy" {
+  command = plan
+  variables {
+    devices = { jupyterhub-api = { type = "unix-char", properties = { path = "/dev/x" } } }
+  }
+  expect_failures = [lxd_container.notebook]
 }

@@ -1,5 +1,6 @@
 """Checks, from the host, what the notebook module put into an instance: each file's mode, owner and
-sha256 (via `lxc exec`), then that the server unit is active and answers through the proxy device
+sha256 (via `lxc exec`), that each expected mount point is one and root can write there, then
+that the server unit is active and answers through the proxy device
 with the token and refuses without it. Prints every mismatch and exits 1 on any."""
 
 import json
@@ -27,6 +28,21 @@ def file_errors(files: list[dict]) -> list[str]:
         digest = in_instance("sha256sum", f["path"]).split(" ")[0]
         if digest != f["sha256"]:
             errors.append(f"{f['path']}: sha256 {digest!r}, expected {f['sha256']!r}")
+    return errors
+
+
+def mount_errors(paths: list[str]) -> list[str]:
+    errors = []
+    for path in paths:
+        source = in_instance("findmnt", "-n", "-o", "SOURCE", "--mountpoint", path)
+        if not source:
+            errors.append(f"{path}: not a mount point")
+            continue
+        probe = f"{path}/.tftest-write"
+        wrote = subprocess.run(["lxc", "exec", INSTANCE, "--", "sh", "-c", 'echo x > "$1" && rm "$1"', "sh", probe],
+                               capture_output=True, text=True)
+        if wrote.returncode:
+            errors.append(f"{path} (mounted from {source}): root cannot write there: {wrote.stderr.strip()}")
     return errors
 
 
@@ -58,6 +74,7 @@ def server_errors(url: str, token: str) -> list[str]:
 
 def main() -> int:
     errors = file_errors(json.loads(os.environ["INSPECT_FILES"]))
+    errors += mount_errors(json.loads(os.environ.get("INSPECT_MOUNTS", "[]")))
     errors += server_errors(os.environ["INSPECT_SERVER_URL"], os.environ["INSPECT_TOKEN"])
     for e in errors:
         print(f"inspect {INSTANCE}: {e}", file=sys.stderr)

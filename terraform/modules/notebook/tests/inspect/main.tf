@@ -57,6 +57,12 @@ variable "connect_port" {
   type        = number
 }
 
+variable "mounts" {
+  description = "Paths inside the instance that must be mount points (of the module's volumes) root can write to."
+  type        = list(string)
+  default     = []
+}
+
 locals {
   # The environment file is not in the module's files output (it holds the token): rebuild it.
   all_files = concat(var.files, [merge(var.environment_file, {
@@ -73,7 +79,7 @@ locals {
 }
 
 resource "terraform_data" "inspected" {
-  input = local.expected_files
+  input = { files = local.expected_files, mounts = var.mounts }
 
   provisioner "local-exec" {
     command = "python3 ${path.module}/look_inside.py"
@@ -82,11 +88,17 @@ resource "terraform_data" "inspected" {
       INSPECT_FILES      = jsonencode(local.expected_files)
       INSPECT_SERVER_URL = "http://${var.connect_address}:${var.connect_port}/api/status"
       INSPECT_TOKEN      = var.environment["JUPYTER_TOKEN"]
+      INSPECT_MOUNTS     = jsonencode(var.mounts)
     }
   }
 }
 
 output "checked_paths" {
   description = "The paths whose mode, owner and content matched (known only when every check passed)."
-  value       = [for f in terraform_data.inspected.output : f.path]
+  value       = [for f in terraform_data.inspected.output.files : f.path]
+}
+
+output "checked_mounts" {
+  description = "The mount points found (known only when every check passed)."
+  value       = terraform_data.inspected.output.mounts
 }

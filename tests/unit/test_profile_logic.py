@@ -1,0 +1,181 @@
+"""profile_list in KubeSpawner's shape: reading it, choosing from it, the form and the overrides."""
+
+from __future__ import annotations
+
+import asyncio
+import html.parser
+from types import SimpleNamespace
+
+import pytest
+
+from tf_lxd_spawner import profiles
+from tf_lxd_spawner.inputs import ConfigError
+from tf_lxd_spawner.spawner import LxdSpawner
+
+# As copied from a zero-to-jupyterhub values file (kubespawner_override, a dict-less list).
+Z2JH = [
+    {"display_name": "Small", "description": "1 CPU, 1 GiB", "default": True,
+     "kubespawner_override": {"cpu_limit": 1, "mem_limit": "1G"}},
+    {"display_name": "Large & fast", "description": "<b>4 CPUs</b>",
+     "kubespawner_override": {"cpu_limit": 4, "mem_limit": "8G"},
+     "profile_options": {
+         "image": {"display_name": "Image", "choices": {
+             "lab": {"display_name": "JupyterLab", "default": True, "kubespawner_override": {"image": "lab"}},
+             "r": {"display_name": "R", "kubespawner_override": {"image": "r-notebook"}}},
+             "unlisted_choice": {"enabled": True, "display_name": "Other image",
+                                 "validation_regex": "^[a-z][a-z0-9-]*$",
+                                 "validation_message": "lower-case letters, digits and '-'",
+                                 "kubespawner_override": {"image": "{value}"}}}}},
+    {"display_name": "GPU", "slug": "gpu", "groups": ["gpu-users"],
+     "spawner_override": {"allowed_members": ["m2"], "module_variables": {"gpu": True}}},
+]
+
+
+def test_slugs_defaults_and_both_override_names():
+    ps = profiles.normalize(Z2JH)
+    assert [p.slug for p in ps] == ["small", "large-fast", "gpu"]
+    assert profiles.default_profile(ps).slug == "small"
+    assert ps[0].override == {"cpu_limit": 1, "mem_limit": "1G"}
+    assert ps[2].override["allowed_members"] == ["m2"]
+    as_dict = profiles.normalize({"tiny": {"display_name": "Tiny"}})
+    assert as_dict[0].slug == "tiny"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([{"display_name": "A"}, {"display_name": "a"}], "slug 'a' is used by two profiles"),
+    ([{"display_name": "A", "default": True}, {"display_name": "B", "default": True}], "more than one profile"),
+    ([{"display_name": "A", "spawner_override": {}, "kubespawner_override": {}}], "has both"),
+    ([{"display_name": "A", "profile_options": {"x": {"choices": {}}}}], "nothing could be chosen"),
+    ([{"display_name": "A", "profile_options": {"x": {"unlisted_choice": {"enabled": True,
+                                                                           "validation_regex": "("}}}}],
+     "is not a regular expression"),
+    ("small", "must be a list or a dict"),
+])
+def test_unworkable_profile_lists_are_refused_naming_the_place(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        profiles.normalize(raw)
+
+
+def test_choices_defaults_and_refusals_name_option_and_value():
+    ps = profiles.normalize(Z2JH)
+    assert profiles.select(ps, {}, []).profile.slug == "small"
+    sel = profiles.select(ps, {"profile": "large-fast"}, [])
+    assert sel.values == {"image": "lab"}
+    assert [dict(o) for o in sel.overrides] == [{"cpu_limit": 4, "mem_limit": "8G"}, {"image": "lab"}]
+    sel = profiles.select(ps, {"profile": "large-fast", "image": "unlisted_choice",
+                               "image--unlisted-choice": "my-image"}, [])
+    assert sel.values == {"image": "my-image"} and sel.overrides[-1] == {"image": "my-image"}
+    for options, message in [
+        ({"profile": "huge"}, "profile 'huge' does not exist"),
+        ({"profile": "large-fast", "image": "python2"}, "option 'image' of profile 'large-fast' has no choice 'python2'"),
+        ({"profile": "large-fast", "image--unlisted-choice": "Bad Image!"},
+         "'Bad Image!' is refused: lower-case letters"),
+        ({"profile": "large-fast", "image--unlisted-choice": "x\nrm"}, "is refused"),  # whole value matched
+        ({"profile": "gpu"}, "not available to you"),
+        ({"profile": 5}, "must be a profile's slug"),
+        ({"profile": "large-fast", "image": ["r"]}, "must be a string"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            profiles.select(ps, options, [])
+    assert profiles.select(ps, {"profile": "gpu"}, ["gpu-users"]).profile.slug == "gpu"
+    no_unlisted = profiles.normalize([{"display_name": "A", "profile_options": {
+        "size": {"choices": {"s": {"display_name": "S"}}}}}])
+    with pytest.raises(ConfigError, match="takes no value of your own"):
+        profiles.select(no_unlisted, {"size--unlisted-choice": "xl"}, [])
+
+
+def test_unlisted_value_fills_only_the_value_placeholder():
+    ps = profiles.normalize([{"display_name": "A", "profile_options": {"img": {"unlisted_choice": {
+        "enabled": True, "spawner_override": {"image": "{value}", "module_variables": {"tag": "x-{value}-{other}"}}}}}}])
+    sel = profiles.select(ps, {"img--unlisted-choice": "{value}{0}"}, [])
+    assert sel.overrides[-1] == {"image": "{value}{0}", "module_variables": {"tag": "x-{value}{0}-{other}"}}
+
+
+def _spawner(**traits):
+    user = SimpleNamespace(name="ann", url="/user/ann/", escaped_name="ann", state=None,
+                           groups=[SimpleNamespace(name="gpu-users")])
+    hub = SimpleNamespace(api_url="http://127.0.0.1:8081/hub/api", base_url="/hub/", public_host="",
+                          url="http://127.0.0.1:8081/hub/")
+    return LxdSpawner(user=user, hub=hub, orm_spawner=SimpleNamespace(name="", server=None, state=None),
+                      **traits)
+
+
+def test_overrides_apply_in_order_merge_module_variables_and_are_undone_next_start():
+    sp = _spawner(profile_list=Z2JH, image="base", module_variables={"mine": 1}, mem_limit="2G")
+    asyncio.run(sp.apply_profile({"profile": "large-fast", "image": "r"}))
+    assert (sp.profile, sp.image, sp.cpu_limit, sp.mem_limit) == ("large-fast", "r-notebook", 4, 8 * 1024**3)
+    asyncio.run(sp.apply_profile({"profile": "gpu"}))
+    assert sp.image == "base" and sp.cpu_limit is None and sp.mem_limit == 2 * 1024**3  # large-fast undone
+    assert sp.module_variables == {"mine": 1, "gpu": True} and sp.allowed_members == ["m2"]
+    sp.clear_state()  # as the hub does after a stop and before a start
+    assert sp.module_variables == {"mine": 1} and sp.allowed_members == []
+
+
+def test_module_variables_merge_into_a_callable():
+    async def mine(spawner):
+        return {"mine": spawner.user.name}
+
+    sp = _spawner(profile_list=Z2JH, module_variables=mine)
+    asyncio.run(sp.apply_profile({"profile": "gpu"}))
+    assert asyncio.run(sp.module_variables(sp)) == {"mine": "ann", "gpu": True}
+
+
+def test_an_override_of_no_setting_is_refused():
+    sp = _spawner(profile_list=[{"display_name": "K8s", "kubespawner_override": {"node_selector": {"gpu": "1"}}}])
+    with pytest.raises(ConfigError, match="overrides 'node_selector', which is not a setting of LxdSpawner"):
+        asyncio.run(sp.apply_profile({}))
+
+
+def test_callable_profile_list_may_be_async():
+    async def offer(spawner):
+        return [{"display_name": f"For {spawner.user.name}", "spawner_override": {"image": "x"}}]
+
+    sp = _spawner(profile_list=offer)
+    asyncio.run(sp.apply_profile({}))
+    assert (sp.profile, sp.image) == ("for-ann", "x")
+
+
+class _Fields(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.checked, self.selected, self.names, self.text = [], [], set(), []
+        self._select = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if "name" in a:
+            self.names.add(a["name"])
+        if tag == "input" and a.get("type") == "radio" and "checked" in a:
+            self.checked.append(a["value"])
+        if tag == "select":
+            self._select = a["name"]
+        if tag == "option" and "selected" in a:
+            self.selected.append((self._select, a["value"]))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_form_is_escaped_hides_other_groups_and_preselects_the_last_choice():
+    ps = profiles.normalize(Z2JH)
+    form = profiles.render_form(profiles.offered(ps, []), {"profile": "large-fast", "image": "r"})
+    parsed = _Fields()
+    parsed.feed(form)
+    assert "<b>4 CPUs</b>" not in form and "&lt;b&gt;4 CPUs&lt;/b&gt;" in form
+    assert "GPU" not in "".join(parsed.text)  # limited to a group this user is not in
+    assert parsed.checked == ["large-fast"]
+    assert ("profile-option-large-fast--image", "r") in parsed.selected
+    form = profiles.render_form(profiles.offered(ps, []), {"profile": "large-fast",
+                                                            "image--unlisted-choice": "my-image"})
+    assert 'value="my-image"' in form
+    assert profiles.render_form(profiles.offered(ps, ["gpu-users"]), None).count('type="radio"') == 3
+    assert profiles.render_form(profiles.normalize([{"display_name": "Only"}]), None) == ""
+
+
+def test_form_fields_become_the_api_shape():
+    formdata = {"profile": ["large-fast"], "profile-option-large-fast--image": ["unlisted_choice"],
+                "profile-option-large-fast--image--unlisted-choice": [" my-image "],
+                "profile-option-small--whatever": ["x"]}
+    assert profiles.from_form(formdata) == {"profile": "large-fast", "image": "unlisted_choice",
+                                            "image--unlisted-choice": "my-image"}
+    assert profiles.from_form({}) == {}

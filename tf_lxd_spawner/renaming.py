@@ -1,0 +1,50 @@
+"""JupyterHub 6's rename of a stopped named server: its workspace (the audit record of the
+server) moves to the new name's directory, with a `rename` record; a per-server home volume
+keeps its name and stays the server's (its record names it, see storage.recorded_volume).
+
+Refused, with the reason, while anything of the server exists in LXD (a kept container, or
+one whose clean-up failed): their Terraform state and labels name the old workspace, and
+provider v1.5.0 can only bring a kept container's labels up to date by replacing it, which
+would lose its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+
+from . import state as server_state
+from .errors import SpawnError
+from .workspace import Workspace, workspace_path
+
+
+async def rename(spawner, old: str, new: str) -> None:
+    old_ws = Workspace(workspace_path(os.path.abspath(spawner.state_dir), spawner.user.name, old))
+    new_path = workspace_path(os.path.abspath(spawner.state_dir), spawner.user.name, new)
+    label = f"{spawner.user.name}/{old}"
+    async with old_ws.lock(create=False):
+        if not await asyncio.to_thread(old_ws.path.is_dir):
+            return  # never started: nothing of it on disk or in LXD
+        record = await asyncio.to_thread(server_state.read, old_ws.path)
+        if record is None:
+            record = server_state.legacy(await asyncio.to_thread(old_ws.state_resources),
+                                         spawner.instance_name(), str(old_ws.path), keep=not spawner.remove)
+        if record.exists:
+            what = ("its kept container " if record.phase is server_state.Phase.KEPT else "its container ") + record.instance
+            raise SpawnError(
+                f"cannot rename {label}: {what} still exists (phase {record.phase.value}), and its Terraform "
+                "state and labels name this server's workspace; renaming would make its next start replace it "
+                "and lose its files. Delete the server to start afresh under the new name, or keep its name.",
+                reason="rename", status_code=409)
+        if await asyncio.to_thread(os.path.lexists, new_path):
+            raise SpawnError(
+                f"cannot rename {label} to {new!r}: the workspace {new_path} already exists (the record of an "
+                "earlier server of that name); an operator may archive it first", reason="rename", status_code=409)
+        await asyncio.to_thread(new_path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await asyncio.to_thread(os.rename, old_ws.path, new_path)
+        moved = Workspace(new_path)
+        await asyncio.to_thread(server_state.write, new_path, dataclasses.replace(record, workspace=str(new_path)))
+        await moved.audit({"operation": "rename", "user": spawner.user.name, "server": new, "from": old,
+                           "to": new, "outcome": "ok", "workspace_from": str(old_ws.path)})
+    spawner.log.info("Renamed the workspace of %s to %s", label, new_path)
