@@ -19,10 +19,9 @@ import asyncio
 import hashlib
 import os
 import shutil
-import time
 from pathlib import Path
 
-from .workspace import Workspace, WorkspaceBusy, write_private
+from .workspace import Workspace, write_private
 
 SHARED_DIR = "_terraform-init"
 LOCK_FILE = ".terraform.lock.hcl"
@@ -48,19 +47,12 @@ async def initialise(spawner, ws: Workspace, main_tf: str) -> bool:
         return True
     shared = Workspace(shared_path(spawner.state_dir, spawner.runner.binary, main_tf))
     ran = False
-    deadline = time.monotonic() + BUSY_WAIT
-    while True:
-        try:
-            async with shared.lock():
-                if await shared.prepare(main_tf, {}):
-                    await spawner.run_terraform(shared, "init")
-                    await shared.mark_initialised(main_tf)
-                    ran = True
-            break
-        except WorkspaceBusy:  # another hub process sharing this state_dir initialises it
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
+    # Another hub process sharing this state_dir may be initialising it: wait for it.
+    async with shared.lock(wait_for_others=BUSY_WAIT):
+        if await shared.prepare(main_tf, {}):
+            await spawner.run_terraform(shared, "init")
+            await shared.mark_initialised(main_tf)
+            ran = True
     await asyncio.to_thread(link, ws.path, shared.path)
     return ran
 

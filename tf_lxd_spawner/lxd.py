@@ -160,10 +160,35 @@ def _pool(endpoint: Endpoint) -> ThreadPoolExecutor:
 
 async def _run(endpoint: Endpoint, fn, call: str):
     """fn(client) in the endpoint's own thread pool, off the event loop; timed and counted as
-    `call` in the metrics."""
+    `call` in the metrics. A caller cancelled meanwhile cannot stop the thread: the call is
+    then recorded as abandoned until it returns (see wait_for_abandoned)."""
     loop = asyncio.get_running_loop()
     with metrics.lxd_call(call, LxdUnavailable):
-        return await loop.run_in_executor(_pool(endpoint), functools.partial(_call, endpoint, fn))
+        future = loop.run_in_executor(_pool(endpoint), functools.partial(_call, endpoint, fn))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                _abandoned.add(future)
+                future.add_done_callback(_forget_abandoned)
+            raise
+
+
+_abandoned: set[asyncio.Future] = set()
+
+
+def _forget_abandoned(future: asyncio.Future) -> None:
+    _abandoned.discard(future)
+    if not future.cancelled():
+        future.exception()  # nobody awaits it: its error was the cancelled caller's, not ours
+
+
+async def wait_for_abandoned() -> None:
+    """Until every LXD call whose caller was cancelled has returned. A cancelled start's
+    clean-up waits for them: a start of the instance still under way in its thread would
+    otherwise land after the clean-up had stopped it, and leave it running."""
+    while _abandoned:
+        await asyncio.wait(set(_abandoned))
 
 
 def _members(client: pylxd.Client) -> list[Member]:

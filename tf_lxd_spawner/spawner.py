@@ -740,9 +740,11 @@ class LxdSpawner(Spawner):
             async def clean_up(cancelled=e):  # (`e` itself is unbound when the except block ends)
                 try:
                     async with lock:
-                        # First the interrupted Terraform ends (it may be starting the instance
-                        # this clean-up stops or destroys), then the clean-up.
+                        # First the interrupted Terraform and any LXD call the cancel left
+                        # running in its thread end (either may be starting the instance this
+                        # clean-up stops or destroys), then the clean-up.
                         await TerraformRunner.wait_for_interrupted()
+                        await lxd.wait_for_abandoned()
                         await self._failed_start(ws, stages, attempt, cancelled)
                 except Exception as failure:  # recorded by _failed_start; said here too
                     self.log.error("Cleaning up the cancelled start of %s failed: %s", self.instance, failure)

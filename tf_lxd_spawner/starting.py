@@ -169,22 +169,24 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
             bar.emit(10, "Initialising Terraform")
             with stages.timed("init"):
                 await initialising.initialise(sp, ws, main_tf)
-        saved_plan = None
-        with stages.timed("check"):
-            if not resuming:
-                await _remove_stray_instance(sp, ws)
-            else:
-                saved_plan = await _refuse_replacing_kept_instance(sp, ws, secrets)
-        bar.emit(30, f"Applying the notebook module for {sp.instance}")
-        ticker = asyncio.ensure_future(bar.tick_while_creating(sp.instance))
-        with stages.timed("apply"):
-            try:
+        # A resume's check saves the plan it approved, and the apply applies exactly that one.
+        # It holds the server's environment (the API token): it never outlives this start.
+        saved_plan = ws.path / RESUME_PLAN if resuming else None
+        try:
+            with stages.timed("check"):
+                if not resuming:
+                    await _remove_stray_instance(sp, ws)
+                else:
+                    await _refuse_replacing_kept_instance(sp, ws, secrets, saved_plan)
+            bar.emit(30, f"Applying the notebook module for {sp.instance}")
+            ticker = asyncio.ensure_future(bar.tick_while_creating(sp.instance))
+            with stages.timed("apply"):
                 await _apply(sp, plan, ws, secrets, saved_plan)
-            finally:
-                if saved_plan:  # it holds the server's environment (the API token): never kept
-                    await asyncio.to_thread(saved_plan.unlink, missing_ok=True)
-            ticker.cancel()
-            outputs = await asyncio.to_thread(ws.state_outputs)
+                ticker.cancel()
+                outputs = await asyncio.to_thread(ws.state_outputs)
+        finally:
+            if saved_plan:
+                await asyncio.to_thread(saved_plan.unlink, missing_ok=True)
         by_provider = inputs.get("files_via_provider", True)
         if not by_provider:  # the module made the instance stopped: write its files, then start it
             bar.emit(75, f"Writing files into {sp.instance}")
@@ -274,29 +276,22 @@ async def _journal_tail(spawner, lines: int = 30) -> str:
     return f"\nits last journal lines:\n{(out or err).rstrip()}" if (out or err).strip() else ""
 
 
-async def _refuse_replacing_kept_instance(spawner, ws: Workspace, secrets: dict) -> Path:
+async def _refuse_replacing_kept_instance(spawner, ws: Workspace, secrets: dict, saved: Path) -> None:
     """A kept instance holds the user's files: resuming must update it, never replace it
-    (provider v1.5.0 replaces on any change of `config`, image, name...). Returns the saved
-    plan, for the apply (the caller deletes it)."""
+    (provider v1.5.0 replaces on any change of `config`, image, name...). The plan it checked
+    is saved at `saved` for the apply (the caller deletes it)."""
     spawner.progress_bar.emit(32, f"Checking that {spawner.instance} can be resumed in place")
-    saved = ws.path / RESUME_PLAN
-    try:
-        plan = await spawner.runner.run("plan", f"-out={RESUME_PLAN}", cwd=ws.path, env=secrets,
-                                        log_path=ws.run_log("plan"))
-    except BaseException:
-        await asyncio.to_thread(saved.unlink, missing_ok=True)
-        raise
+    plan = await spawner.runner.run("plan", f"-out={saved.name}", cwd=ws.path, env=secrets,
+                                    log_path=ws.run_log("plan"))
     await ws.seal()
     replaced = planned_replacements(plan.events, "lxd_container")
     if replaced:
-        await asyncio.to_thread(saved.unlink, missing_ok=True)
         raise SpawnError(
             f"resuming would replace the kept instance {spawner.instance} (and lose its files): the "
             "configuration changed in a way LXD cannot apply in place. Your server and its files are "
             "kept as they were; ask the administrator to restore the previous settings, or delete the "
             "server to start afresh.", reason="resume",
             log_message=f"resuming {spawner.instance} refused: the plan replaces {', '.join(replaced)}")
-    return saved
 
 
 async def _remove_stray_instance(spawner, ws: Workspace) -> None:

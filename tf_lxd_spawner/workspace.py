@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 import weakref
 from pathlib import Path
@@ -445,13 +446,15 @@ class Workspace:
 
     # -- locking ----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def lock(self, create: bool = True, wait: bool = True):
+    async def lock(self, create: bool = True, wait: bool = True, wait_for_others: float = 0.0):
         """Exclusive use of this workspace: in this hub (asyncio) and across processes (flock).
 
         flock dies with its process, so a killed hub never leaves a stale lock behind. With
         create=False a missing workspace is not made (an operator command checking it): then
         no spawn can be using it, and there is nothing to lock. With wait=False a workspace
-        this hub is using right now raises WorkspaceBusy instead of waiting its turn.
+        this hub is using right now raises WorkspaceBusy instead of waiting its turn. Another
+        process holding it raises WorkspaceBusy at once, or after `wait_for_others` seconds
+        of trying (for work another hub process finishes soon, such as a shared init).
         """
         key = str(self.path.resolve())
         alock = self._locks.setdefault(asyncio.get_running_loop(), {}).setdefault(key, asyncio.Lock())
@@ -464,12 +467,17 @@ class Workspace:
             await asyncio.to_thread(self._ensure_dirs)
             fd = os.open(self.path / ".spawner.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    if e.errno in (errno.EAGAIN, errno.EACCES):
-                        raise WorkspaceBusy(f"workspace {self.path} is in use by another process") from None
-                    raise
+                deadline = time.monotonic() + wait_for_others
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except OSError as e:
+                        if e.errno not in (errno.EAGAIN, errno.EACCES):
+                            raise
+                        if time.monotonic() >= deadline:
+                            raise WorkspaceBusy(f"workspace {self.path} is in use by another process") from None
+                    await asyncio.sleep(0.2)
                 yield self
             finally:
                 os.close(fd)

@@ -1,6 +1,7 @@
 """What differs between LXD and Incus, which binary runs, and the provider block for each kind
 of endpoint: pure logic, no daemon."""
 
+import asyncio
 import os
 
 import pytest
@@ -85,3 +86,35 @@ def test_missing_socket_is_named():
     with pytest.raises(lxd.LxdUnavailable, match=r"Incus is not reachable at the local unix socket /nonexistent/unix.socket: "
                        r"it does not exist \(is the daemon running\?\)"):
         lxd._connect(lxd.Endpoint(url="/nonexistent/unix.socket", daemon="Incus"))
+
+
+def test_a_cancelled_callers_lxd_call_is_waited_for(monkeypatch):
+    """The thread of an LXD call outlives its cancelled caller (a start_timeout during the
+    start of a kept instance): wait_for_abandoned returns only once that call has returned,
+    so a clean-up after it is not overtaken by the start it abandoned."""
+    import threading
+    import time
+
+    from tf_lxd_spawner import lxd
+
+    finished = threading.Event()
+
+    def slow_start(client):
+        time.sleep(0.5)
+        finished.set()
+        raise RuntimeError("the abandoned call's own error: nobody awaits it")
+
+    monkeypatch.setattr(lxd, "_connect", lambda endpoint: object())
+
+    async def go():
+        caller = asyncio.ensure_future(lxd._run(lxd.Endpoint(url="/nonexistent"), slow_start, "set_running"))
+        await asyncio.sleep(0.1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert not finished.is_set()
+        await asyncio.wait_for(lxd.wait_for_abandoned(), 5)
+        assert finished.is_set() and not lxd._abandoned
+        await lxd.wait_for_abandoned()  # nothing abandoned: returns at once
+
+    asyncio.run(go())

@@ -150,6 +150,30 @@ def test_lock_held_elsewhere_is_reported(tmp_path):
         holder.wait()
 
 
+
+def test_lock_waits_for_another_process_when_asked(tmp_path):
+    """wait_for_others: a lock another process releases soon (a shared init) is taken once
+    free; without it the same lock is refused at once."""
+    ws = Workspace(tmp_path / "w")
+    ws.path.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,os,sys,time; fd=os.open(sys.argv[1], os.O_RDWR|os.O_CREAT);"
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)",
+         str(ws.path / ".spawner.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+
+        async def go(wait):
+            async with ws.lock(wait_for_others=wait):
+                return holder.poll()
+
+        with pytest.raises(WorkspaceBusy):
+            asyncio.run(go(0))
+        assert asyncio.run(go(30)) is not None  # taken only once the holder had ended
+    finally:
+        holder.kill()
+        holder.wait()
+
 # -- names at JupyterHub's limits ----------------------------------------------------------------
 LONG = ["é" * 255, "名" * 255, "ж" * 255, "λ" * 254 + "a", "u" * 255, "😀" * 255, "ab-" * 85]
 
