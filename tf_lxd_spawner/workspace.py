@@ -70,22 +70,32 @@ def existing_hub_id(state_dir: str | Path) -> str:
 def hub_id(state_dir: str | Path) -> str:
     """This hub's id, made once and kept in <state_dir>/.hub-id: written into every instance's
     labels, it tells this hub's instances from those of another hub that happens to use the
-    same state_dir path on another host. Blocking: call it in a thread."""
+    same state_dir path on another host. Blocking: call it in a thread.
+
+    The id is written to a file of its own first and then linked into place, so the first
+    spawns of a new hub, racing to make it, all read the same whole id (an id read while
+    another was still writing it came back empty, and the instance made then lacked the label
+    its next plan added: a change of config, which replaces a kept instance)."""
     path = Path(state_dir) / HUB_ID_FILE
     existing = existing_hub_id(state_dir)
     if existing:
         return existing
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     new = uuid.uuid4().hex
+    tmp = path.with_name(f"{HUB_ID_FILE}.{new}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(new + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    return new
+        with os.fdopen(fd, "w") as f:
+            f.write(new + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails when another made it first; never leaves half an id
+        except FileExistsError:
+            return existing_hub_id(state_dir)
+        return new
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def workspace_path(state_dir: str | Path, username: str, servername: str) -> Path:

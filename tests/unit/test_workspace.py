@@ -317,3 +317,18 @@ def test_scrub_reads_a_run_log_once_and_still_scrubs_new_ones(tmp_path, monkeypa
     for path in ws.path.rglob("*"):
         if path.is_file():
             assert "tok-" not in path.read_text(), path
+
+
+def test_hub_id_made_by_racing_first_spawns_is_one_whole_id(tmp_path):
+    """The first spawns of a new hub make its id at once (threads of one hub, and hubs sharing
+    a state_dir): every one of them must read the same whole id, never an empty one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tf_lxd_spawner.workspace import HUB_ID_FILE, hub_id
+
+    for round in range(20):
+        state_dir = tmp_path / f"s{round}"
+        with ThreadPoolExecutor(16) as pool:
+            ids = set(pool.map(lambda _: hub_id(state_dir), range(16)))
+        assert len(ids) == 1 and len(next(iter(ids))) == 32, ids
+        assert [p.name for p in state_dir.iterdir()] == [HUB_ID_FILE]  # no temporary file left
