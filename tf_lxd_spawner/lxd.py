@@ -364,12 +364,10 @@ async def delete_instance(endpoint: Endpoint, name: str) -> bool:
     return await _run(endpoint, lambda c: _delete_instance(c, name), "delete_instance")
 
 
-def _set_running(client: pylxd.Client, name: str, running: bool) -> None:
+def _start(client: pylxd.Client, name: str) -> None:
     inst = client.instances.get(name)
-    if running and inst.status != "Running":
+    if inst.status != "Running":
         inst.start(wait=True)
-    elif not running and inst.status != "Stopped":
-        inst.stop(wait=True, timeout=30)
 
 
 def _shut_down(client: pylxd.Client, name: str, grace: float) -> None:
@@ -390,9 +388,9 @@ async def shut_down(endpoint: Endpoint, name: str, grace: float) -> None:
     await _run(endpoint, lambda c: _shut_down(c, name, grace), "shut_down")
 
 
-async def set_running(endpoint: Endpoint, name: str, running: bool) -> None:
-    """Start, or cleanly stop, an existing instance (`shut_down` forces it off)."""
-    await _run(endpoint, lambda c: _set_running(c, name, running), "set_running")
+async def start(endpoint: Endpoint, name: str) -> None:
+    """Start an existing instance (`shut_down` stops it)."""
+    await _run(endpoint, lambda c: _start(c, name), "start")
 
 
 def _push_files(client: pylxd.Client, name: str, files: list[dict]) -> None:

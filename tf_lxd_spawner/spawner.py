@@ -202,7 +202,8 @@ class LxdSpawner(Spawner):
         help="""Seconds a stopping server's container gets to shut down cleanly (systemd stops
         the server, which ends its kernels) before it is forced off. 0 forces it off at once,
         as a pulled plug: about 0.5 s faster per stop; notebooks are saved by JupyterLab as the
-        user works, so only what runs in kernels is cut short, as it is by any stop.""",
+        user works, so only what runs in kernels is cut short, as it is by any stop. A kept
+        server (remove = False) always gets a clean stop of at least 30 s first.""",
     ).tag(config=True)
 
     remove = Bool(

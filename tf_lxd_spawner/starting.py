@@ -196,7 +196,7 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
         if resuming or not by_provider:  # a kept instance: apply refreshed its files
             bar.emit(80, f"Starting {'kept ' if resuming else ''}instance {sp.instance}")
             with stages.timed("start"):
-                await lxd.set_running(sp.endpoint, sp.instance, True)
+                await lxd.start(sp.endpoint, sp.instance)
         attempt.member = outputs.get("location") or plan.target or ""
         with stages.timed("address"):  # instance-ip: may wait for the instance's IPv4
             url = attempt.url = await connect_url(sp, plan, outputs)

@@ -38,11 +38,18 @@ async def stop(spawner, ws: Workspace, keep: bool, reason: str = "") -> None:
     await ws.audit({**record, "outcome": "ok", **stages.record(), **await audit.versions(sp, ws)})
 
 
+#: Seconds a kept instance gets to stop cleanly (its server and kernels end, its files are
+#: flushed by their programs) before it is forced off; stop_grace_period when longer.
+KEPT_STOP_GRACE = 30.0
+
+
 async def stop_instance(spawner) -> bool:
-    """Stop a kept instance (it stays, with its files); False when it is not there."""
+    """Stop a kept instance (it stays, with its files); False when it is not there. A clean
+    stop first; one that does not end in time (a container still booting may not heed it) is
+    forced: an instance left running would hold its port while the hub counts it stopped."""
     if not await lxd.instance(spawner.endpoint, spawner.instance):
         return False
-    await lxd.set_running(spawner.endpoint, spawner.instance, False)
+    await lxd.shut_down(spawner.endpoint, spawner.instance, max(KEPT_STOP_GRACE, spawner.stop_grace_period))
     return True
 
 

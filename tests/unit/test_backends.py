@@ -107,7 +107,7 @@ def test_a_cancelled_callers_lxd_call_is_waited_for(monkeypatch):
     monkeypatch.setattr(lxd, "_connect", lambda endpoint: object())
 
     async def go():
-        caller = asyncio.ensure_future(lxd._run(lxd.Endpoint(url="/nonexistent"), slow_start, "set_running"))
+        caller = asyncio.ensure_future(lxd._run(lxd.Endpoint(url="/nonexistent"), slow_start, "start"))
         await asyncio.sleep(0.1)
         caller.cancel()
         with pytest.raises(asyncio.CancelledError):
