@@ -219,9 +219,34 @@ def leaver(hub, client, control):
     assert (last["operation"], last["outcome"]) == ("volume-delete", "ok")
 
 
+def taken(hub, client, control):
+    """Another hub on the same daemon already has a volume of the name this user's would get:
+    the spawn is refused before anything is made, naming the volume; the operator's log line
+    says whose it is and what to change; that volume is left as it was."""
+    user = "taken"
+    foreign = {"user.tf-lxd-spawner.managed": "true", "user.tf-lxd-spawner.user": user,
+               "user.tf-lxd-spawner.hub_id": "another-hub",
+               "user.tf-lxd-spawner.workspace": f"/srv/another-hub/{user}/_volumes/home-{user}"}
+    client.storage_pools.get(POOL).volumes.create({"name": f"home-{user}", "type": "custom", "config": foreign})
+    try:
+        since = hub.log_path.stat().st_size
+        message = failed_spawn_message(hub, user)
+        assert f"home volume home-{user} cannot be made" in message and "already exists" in message, message
+        log = hub.log_path.read_bytes()[since:].decode(errors="replace")
+        assert "belongs to another hub (hub id another-hub" in log and "storage_name_template" in log, log[-3000:]
+        vol = volume(client, f"home-{user}")
+        assert {k: vol.config.get(k) for k in foreign} == foreign, vol.config
+        assert not [i.name for i in client.instances.all() if i.name == f"jupyter-{user}"]
+        [record] = [json.loads(line) for line in
+                    (hub.state_dir / user / "_volumes" / f"home-{user}" / "audit.jsonl").read_text().splitlines()]
+        assert (record["operation"], record["outcome"]) == ("volume", "failed"), record
+    finally:
+        client.storage_pools.get(POOL).volumes.get("custom", f"home-{user}").delete()
+
+
 def test_the_home_volume_outlives_every_server(stack):
     daemon, client, hub, control = stack
-    scenarios = [newcomer, quota, grow_and_shrink, shared_and_per_server, leaver]
+    scenarios = [newcomer, quota, grow_and_shrink, shared_and_per_server, leaver, taken]
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = {s.__name__: pool.submit(s, hub, client, control) for s in scenarios}
         errors = {}
