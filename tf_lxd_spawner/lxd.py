@@ -80,6 +80,28 @@ def made_for(info: "InstanceInfo | None", workspace: str, hub_id: str) -> bool:
             and info.config.get(HUB_ID_KEY) == hub_id)
 
 
+def not_ours(config: dict, workspace: str, hub_id: str, template: str) -> str | None:
+    """None when an existing instance's or volume's labels say this workspace of this hub made
+    it; else whose it is and how the operator avoids the clash (`template`: the trait that makes
+    its names), for the hub's log. Whatever is not ours is never taken over or removed."""
+    owner = config.get(HUB_ID_KEY, "")
+    made_for = config.get(WORKSPACE_KEY, "")
+    if owner == hub_id and made_for == str(workspace):
+        return None
+    if owner and owner != hub_id:
+        return (f"it belongs to another hub (hub id {owner}, workspace {made_for or '?'}): give this hub "
+                f"names of its own (c.LxdSpawner.{template}, e.g. a prefix for this hub)")
+    if not owner and made_for == str(workspace):
+        return (f"it has this server's workspace label but no hub id (made by a hub before its id was "
+                f"written, or by hand): if it is this hub's, give it the label {HUB_ID_KEY} with the id in "
+                "state_dir/.hub-id, or delete it")
+    if owner:
+        return (f"this hub made it for another server's workspace ({made_for or '?'}): two servers get the "
+                f"same name; c.LxdSpawner.{template} must name the user ({{username}}), and {{servername}} "
+                "for one per server")
+    return f"tf-lxd-spawner did not make it: rename or delete it, or choose other names (c.LxdSpawner.{template})"
+
+
 _clients: dict[Endpoint, pylxd.Client] = {}
 _pools: dict[Endpoint, ThreadPoolExecutor] = {}
 _clients_lock = threading.Lock()  # guards the dicts only, never held while connecting

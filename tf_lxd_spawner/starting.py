@@ -296,9 +296,18 @@ async def _refuse_replacing_kept_instance(spawner, ws: Workspace, secrets: dict,
 
 async def _remove_stray_instance(spawner, ws: Workspace) -> None:
     """Called when the state holds nothing: an instance with our name (a hub killed mid-apply)
-    is ours to remove if it carries our label and this workspace's path."""
+    is ours to remove if it carries our label and this workspace's path. Any other one (another
+    hub's on the same daemon, one made by hand) is left alone, and the start refused, saying
+    whose it is, instead of failing in Terraform's create."""
     info = await lxd.instance(spawner.endpoint, spawner.instance)
-    if lxd.made_for(info, ws.path, await spawner.owner_id()):
-        spawner.log.warning("Removing stray instance %s left by an interrupted run", spawner.instance)
-        await lxd.delete_instance(spawner.endpoint, spawner.instance)
-        metrics.ORPHANS_CLEANED.inc()
+    if info is None:
+        return
+    problem = lxd.not_ours(info.config, ws.path, await spawner.owner_id(), "instance_name_template")
+    if problem:
+        raise SpawnError(
+            f"your server cannot be made: an instance named {spawner.instance} already exists, and it is not "
+            "yours. Nothing was changed; ask the administrator.", reason="name",
+            log_message=f"instance {spawner.instance} already exists and {problem}")
+    spawner.log.warning("Removing stray instance %s left by an interrupted run", spawner.instance)
+    await lxd.delete_instance(spawner.endpoint, spawner.instance)
+    metrics.ORPHANS_CLEANED.inc()

@@ -236,31 +236,12 @@ async def _idmap_record(spawner, vol: Volume, target: str | None) -> dict:
     return {k: v for k, v in (info.config if info else {}).items() if k.startswith("volatile.idmap.")}
 
 
-def whose_volume(config: dict, workspace: str | Path, hub_id: str) -> str | None:
-    """None when an existing volume's labels say this workspace of this hub made it; else whose
-    it is and what the operator can do, for the log."""
-    owner = config.get(lxd.HUB_ID_KEY, "")
-    made_for = config.get(lxd.WORKSPACE_KEY, "")
-    if owner == hub_id and made_for == str(workspace):
-        return None
-    if owner and owner != hub_id:
-        return (f"it belongs to another hub (hub id {owner}, workspace {made_for or '?'}): give this hub "
-                "volume names of its own (c.LxdSpawner.storage_name_template, e.g. 'hub2-home-{username}'), "
-                "or another pool (c.LxdSpawner.storage_pool)")
-    if owner:
-        return (f"this hub made it for another server's workspace ({made_for or '?'}): two servers' volume "
-                "names are the same; storage_name_template must name the user ({username}), and "
-                "{servername} for a volume per server")
-    return ("tf-lxd-spawner did not make it: rename or delete that volume, or choose other names "
-            "(c.LxdSpawner.storage_name_template)")
-
-
 async def refuse_existing_volume(spawner, vol: Volume, target: str | None) -> None:
     """A volume of that name made for another workspace (another hub's on the same daemon,
     another server's under the same name, an operator's own) is never taken over, and
     Terraform's create would fail on it with the daemon's words: say whose it is instead."""
     info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=target)
-    problem = info and whose_volume(info.config, vol.workspace, await spawner.owner_id())
+    problem = info and lxd.not_ours(info.config, vol.workspace, await spawner.owner_id(), "storage_name_template")
     if problem:
         raise SpawnError(
             f"your home volume {vol.name} cannot be made: a volume of that name already exists on storage "

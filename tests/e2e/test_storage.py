@@ -244,9 +244,30 @@ def taken(hub, client, control):
         client.storage_pools.get(POOL).volumes.get("custom", f"home-{user}").delete()
 
 
+def clash(hub, client, control):
+    """The same for the container: another hub's instance already has this server's name. The
+    start is refused, naming it, and that instance is neither taken over nor removed."""
+    user = "clash"
+    name = f"jupyter-{user}"
+    foreign = {"user.tf-lxd-spawner.managed": "true", "user.tf-lxd-spawner.hub_id": "another-hub",
+               "user.tf-lxd-spawner.workspace": f"/srv/another-hub/{user}/_default"}
+    inst = client.instances.create({"name": name, "source": {"type": "image", "alias": IMAGE}, "config": foreign},
+                                   wait=True)
+    try:
+        since = hub.log_path.stat().st_size
+        message = failed_spawn_message(hub, user)
+        assert f"an instance named {name} already exists" in message, message
+        log = hub.log_path.read_bytes()[since:].decode(errors="replace")
+        assert "belongs to another hub (hub id another-hub" in log and "instance_name_template" in log, log[-3000:]
+        after = client.instances.get(name)
+        assert after.created_at == inst.created_at and after.config.get("user.tf-lxd-spawner.hub_id") == "another-hub"
+    finally:
+        client.instances.get(name).delete(wait=True)
+
+
 def test_the_home_volume_outlives_every_server(stack):
     daemon, client, hub, control = stack
-    scenarios = [newcomer, quota, grow_and_shrink, shared_and_per_server, leaver, taken]
+    scenarios = [newcomer, quota, grow_and_shrink, shared_and_per_server, leaver, taken, clash]
     with ThreadPoolExecutor(len(scenarios)) as pool:
         futures = {s.__name__: pool.submit(s, hub, client, control) for s in scenarios}
         errors = {}

@@ -62,14 +62,19 @@ def test_the_storage_root_holds_names_only():
     assert 'module "storage"' in main_tf and "name = var.name" in main_tf and 'output "location"' in main_tf
 
 
-def test_an_existing_volume_is_taken_only_when_its_labels_say_it_is_this_workspaces():
+
+def test_an_existing_instance_or_volume_is_ours_only_when_its_labels_say_so():
+    from tf_lxd_spawner.lxd import not_ours
+
     ws = "/srv/hub/state/ann/_volumes/home-ann"
     mine = {"user.tf-lxd-spawner.hub_id": "hub1", "user.tf-lxd-spawner.workspace": ws}
-    assert storage.whose_volume(mine, ws, "hub1") is None
-    other_hub = storage.whose_volume({**mine, "user.tf-lxd-spawner.hub_id": "hub2"}, ws, "hub1")
-    assert "another hub (hub id hub2" in other_hub and "storage_name_template" in other_hub
-    other_server = storage.whose_volume({**mine, "user.tf-lxd-spawner.workspace": "/srv/hub/state/bob/_volumes/x"},
-                                        ws, "hub1")
-    assert "another server's workspace (/srv/hub/state/bob/_volumes/x)" in other_server and "{username}" in other_server
-    operators = storage.whose_volume({"size": "1GiB"}, ws, "hub1")
-    assert "did not make it" in operators
+    assert not_ours(mine, ws, "hub1", "storage_name_template") is None
+    other_hub = not_ours({**mine, "user.tf-lxd-spawner.hub_id": "hub2"}, ws, "hub1", "storage_name_template")
+    assert "another hub (hub id hub2" in other_hub and "c.LxdSpawner.storage_name_template" in other_hub
+    other_server = not_ours({**mine, "user.tf-lxd-spawner.workspace": "/srv/hub/state/bob/_volumes/x"},
+                            ws, "hub1", "instance_name_template")
+    assert "another server's workspace (/srv/hub/state/bob/_volumes/x)" in other_server
+    assert "{username}" in other_server and "instance_name_template" in other_server
+    no_id = not_ours({"user.tf-lxd-spawner.workspace": ws}, ws, "hub1", "instance_name_template")
+    assert "no hub id" in no_id and "user.tf-lxd-spawner.hub_id" in no_id
+    assert "did not make it" in not_ours({"size": "1GiB"}, ws, "hub1", "storage_name_template")
