@@ -255,7 +255,9 @@ class LxdSpawner(Spawner):
         "home-{username}",
         help="""Name of the volume a server mounts ({username}; {servername} for one volume per
         named server, as KubeSpawner's pvc_name_template). Without {servername} all of a user's
-        servers share one volume. Made valid for LXD as instance names are.""",
+        servers share one volume. Made valid for LXD as instance names are. Two hubs on one
+        daemon need different templates (e.g. "hub2-home-{username}"): a volume of that name
+        this hub did not make for the server is refused, never taken over.""",
     ).tag(config=True)
 
     storage_mount_path = Unicode(
@@ -504,7 +506,8 @@ class LxdSpawner(Spawner):
         "jupyter-{username}-{servername}",
         help="""Template of instance names ({username}, {servername}). Results are made valid for
         LXD (letters, digits, hyphens, at most 63) with a short hash added whenever that changed
-        the name, so names stay unique.""",
+        the name, so names stay unique. Two hubs on one daemon need different templates: an
+        instance of that name that is not this hub's is refused, never removed.""",
     ).tag(config=True)
 
     # ---- runtime state (not configuration) ------------------------------------------------------
