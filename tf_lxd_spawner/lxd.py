@@ -294,14 +294,9 @@ async def instance(endpoint: Endpoint, name: str) -> InstanceInfo | None:
 def _instance_network(client: pylxd.Client, name: str) -> dict | None:
     """Status, expanded config and network interfaces of an instance in one request
     (recursion=1 includes its state); None when it does not exist."""
-    try:
-        data = client.api.instances[name].get(params={"recursion": 1}).json()["metadata"]
-    except NotFound:
+    data = _or_none(lambda: client.api.instances[name].get(params={"recursion": 1}).json()["metadata"])
+    if data is None:
         return None
-    except LXDAPIException as e:
-        if getattr(e.response, "status_code", None) == 404:
-            return None
-        raise
     state = data.get("state") or {}
     return {"status": data.get("status", ""), "config": data.get("expanded_config") or {},
             "network": state.get("network") or {}}
