@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
-from . import backends, lxd, preflight, provider
+from . import backends, hub_relay, lxd, preflight, provider
 from .errors import SpawnError
 from .inputs import ConfigError, check_subid_allowed, image_choices
 from .module_inputs import hub_address
@@ -148,7 +148,7 @@ async def check_image(ctx: Context) -> Check:
     local = [i for i in ctx.images if ":" not in i]
     remote = [i for i in ctx.images if ":" in i]
     try:
-        missing = [i for i in local if not await lxd.image_exists(ctx.endpoint, i)]
+        missing = [i for i in local if await lxd.image_properties(ctx.endpoint, i) is None]
     except lxd.LxdUnavailable as e:
         return fail(name, str(e), "see the daemon check")
     where = (f"the cluster (members {', '.join(m.name for m in ctx.usable_members)})" if ctx.members
@@ -477,8 +477,9 @@ def _answer_problem(answer: dict) -> str:
     return ""
 
 
-async def _probe_from(ctx: Context, target: str | None, host: str, port: int, inside: str) -> dict:
-    """Launch a throwaway instance (on `target`), GET the hub API from inside, remove it."""
+async def _probe_from(ctx: Context, target: str | None, device: dict, inside: str) -> dict:
+    """Launch a throwaway instance (on `target`) with the hub API's device, GET the hub API
+    from inside, remove it."""
     sp = ctx.spawner
     name = PROBE_PREFIX + secrets.token_hex(4)
     image = sp.image
@@ -486,8 +487,7 @@ async def _probe_from(ctx: Context, target: str | None, host: str, port: int, in
               else {"type": "image", "alias": image})
     spec = {"name": name, "source": source, "profiles": list(sp.lxd_profiles),
             "config": {"user.tf-lxd-spawner.doctor": "true"},
-            "devices": {"jupyterhub-api": {"type": "proxy", "bind": "container",
-                                           "listen": f"tcp:127.0.0.1:{port}", "connect": f"tcp:{host}:{port}"}}}
+            "devices": {"jupyterhub-api": device}}
     launch = asyncio.ensure_future(lxd.launch(ctx.endpoint, spec, target))
     try:
         await asyncio.shield(launch)
@@ -501,6 +501,11 @@ async def _probe_from(ctx: Context, target: str | None, host: str, port: int, in
         if not launch.done():
             await asyncio.wait([launch])
         await lxd.delete_instance(ctx.endpoint, name)
+
+
+def _hub_from_here(url: str) -> tuple[str, int]:
+    api = urlparse(url)
+    return api.hostname or "127.0.0.1", api.port or (443 if api.scheme == "https" else 80)
 
 
 async def check_hub(ctx: Context) -> Check:
@@ -520,10 +525,31 @@ async def check_hub(ctx: Context) -> Check:
             return Check(name, "skip", f"hub not running (nothing answers at {outside}: {problem}): start it and "
                                        "run doctor again to check containers reach it")
         return fail(name, f"{outside} answered {problem}", "check c.JupyterHub.base_url and c.Spawner.hub_connect_url")
-    address = await asyncio.to_thread(resolve, host)
+    try:
+        image = await lxd.image_properties(ctx.endpoint, sp.image) or {}
+        by_socket = await preflight.hub_api_by_socket(sp, ctx.members, image)
+    except SpawnError as e:
+        return fail(name, e.message, 'set c.LxdSpawner.hub_api_via = "auto"')
     targets = [m.name for m in ctx.usable_members] or [None]
-    answers = await asyncio.gather(*(_probe_from(ctx, t, address, port, inside) for t in targets),
-                                   return_exceptions=True)
+    relay_dir = None
+    if by_socket:  # a relay of doctor's own, as the hub's: the hub's socket may not exist yet
+        relay_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="tf-lxd-doctor-")
+        await hub_relay.ensure(relay_dir, *_hub_from_here(outside))
+        _, _, inside = hub_address(sp, by_socket=True)
+        device = {"type": "disk", "source": relay_dir, "path": hub_relay.CONTAINER_DIR, "readonly": "true"}
+        via = f"through the hub's unix socket relay ({hub_relay.CONTAINER_DIR} in the container)"
+    else:
+        address = await asyncio.to_thread(resolve, host)
+        device = {"type": "proxy", "bind": "container", "listen": f"tcp:127.0.0.1:{port}",
+                  "connect": f"tcp:{address}:{port}"}
+        via = f"through a proxy device to {address}:{port}"
+    try:
+        answers = await asyncio.gather(*(_probe_from(ctx, t, device, inside) for t in targets),
+                                       return_exceptions=True)
+    finally:
+        if relay_dir is not None:
+            hub_relay.stop(relay_dir)
+            await asyncio.to_thread(shutil.rmtree, relay_dir, True)
     bad = []
     for target, answer in zip(targets, answers):
         where = f"member {target}" if target else f"the {ctx.backend.display} server"
@@ -532,12 +558,14 @@ async def check_hub(ctx: Context) -> Check:
         elif _answer_problem(answer):
             bad.append(f"{where}: {_answer_problem(answer)}")
     if bad:
-        return fail(name, f"a container does not reach the hub API at {address}:{port} ({'; '.join(bad)})",
-                    "make the hub listen where members can reach it (c.JupyterHub.hub_ip) and set "
-                    "c.Spawner.hub_connect_url (or c.JupyterHub.hub_connect_ip) to that address")
+        hint = ("use an image with the relay (the repository's image/build.sh), or set "
+                'c.LxdSpawner.hub_api_via = "proxy"' if by_socket else
+                "make the hub listen where members can reach it (c.JupyterHub.hub_ip) and set "
+                "c.Spawner.hub_connect_url (or c.JupyterHub.hub_connect_ip) to that address")
+        return fail(name, f"a container does not reach the hub API {via} ({'; '.join(bad)})", hint)
     where = (f"members {', '.join(targets)}" if targets != [None] else f"the {ctx.backend.display} server")
     return ok(name, f"JupyterHub {here['version']} at {outside} answers containers on {where} "
-              f"(through a proxy device to {address}:{port})")
+              f"({via})")
 
 
 #: Pool drivers that enforce a custom volume's size (LXD and Incus; dir does not).

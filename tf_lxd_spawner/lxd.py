@@ -331,17 +331,25 @@ async def server_info(endpoint: Endpoint) -> dict:
     return await _run(endpoint, lambda c: c.api.get().json()["metadata"], "server_info")
 
 
-def _image_exists(client: pylxd.Client, image: str) -> bool:
+def _image_properties(client: pylxd.Client, image: str) -> dict | None:
     if ":" in image:  # "remote:alias" is resolved by the provider, not by this client
-        return True
-    if client.images.exists(image, alias=True):
-        return True
-    return len(image) >= 12 and client.images.exists(image)
+        return {}
+    try:
+        return dict(client.images.get_by_alias(image).properties or {})
+    except NotFound:
+        pass
+    if len(image) < 12:
+        return None
+    try:
+        return dict(client.images.get(image).properties or {})
+    except NotFound:
+        return None
 
 
-async def image_exists(endpoint: Endpoint, image: str) -> bool:
-    """Whether `image` is an alias or fingerprint on the LXD server."""
-    return await _run(endpoint, lambda c: _image_exists(c, image), "image_exists")
+async def image_properties(endpoint: Endpoint, image: str) -> dict | None:
+    """The properties of `image` (an alias or fingerprint) on the LXD server; None when there
+    is no such image ({} for another remote's, which the provider resolves)."""
+    return await _run(endpoint, lambda c: _image_properties(c, image), "image_properties")
 
 
 def _launch(client: pylxd.Client, spec: dict, target: str | None) -> None:

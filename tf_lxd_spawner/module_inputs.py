@@ -9,6 +9,7 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.utils import maybe_future
 
+from . import hub_relay
 from . import inputs as config_inputs
 from .errors import SpawnError
 from .ports import resolve
@@ -26,6 +27,7 @@ OWNED_INPUTS = {
     "server_environment": "environment",
     "hub_address": "hub_connect_url",
     "hub_port": "hub_connect_url",
+    "hub_socket_dir": "hub_api_via",
 }
 
 
@@ -33,13 +35,32 @@ OWNED_INPUTS = {
 HOME_DEVICE = "tf-lxd-home"
 
 
-def hub_address(spawner) -> tuple[str, int, str]:
+def hub_address(spawner, by_socket: bool = False) -> tuple[str, int, str]:
     """(host, port) of the hub API as the member sees it, and the API URL as the container
-    sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device."""
+    sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device, or (by_socket)
+    served by the image's relay of the hub's unix socket."""
     api = urlparse(spawner.hub_connect_url or spawner.hub.api_url)
     port = api.port or (443 if api.scheme == "https" else 80)
-    inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port}", path=urlparse(spawner.hub.api_url).path))
+    port_inside = hub_relay.CONTAINER_PORT if by_socket else port
+    inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port_inside}", path=urlparse(spawner.hub.api_url).path))
     return api.hostname or "127.0.0.1", port, inside
+
+
+def hub_socket_dir(spawner) -> str:
+    """The directory of this hub's API socket, which containers on this host mount."""
+    return os.path.join(spawner.state_dir, "_hub-api")
+
+
+async def start_hub_relay(spawner) -> str:
+    """The relay of this hub's API to its unix socket, running (a restarted hub starts it again
+    for the servers it finds running); returns the socket's directory."""
+    api = urlparse(spawner.hub.api_url)
+    host = api.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    directory = hub_socket_dir(spawner)
+    await hub_relay.ensure(directory, host, api.port or (443 if api.scheme == "https" else 80))
+    return directory
 
 
 def container_env(spawner, api_url_inside: str) -> dict[str, str]:
@@ -94,7 +115,10 @@ async def module_inputs(spawner, plan, listen_address: str, listen_port: int | N
     """Every input of the module for this start (`plan`: what preflight checked, where it goes)."""
     uid, gid = plan.ids
     hub_host, hub_port, _ = hub_address(spawner)
-    hub_host = await asyncio.to_thread(resolve, hub_host)  # a proxy device connects to an address
+    if plan.hub_socket:
+        hub_host, socket_dir = None, await start_hub_relay(spawner)
+    else:
+        hub_host, socket_dir = await asyncio.to_thread(resolve, hub_host), None  # a proxy device connects to an address
     found = {
         "name": spawner.instance,
         "image": spawner.chosen_image,
@@ -117,6 +141,8 @@ async def module_inputs(spawner, plan, listen_address: str, listen_port: int | N
         "labels": {"user": spawner.user.name, "server": spawner.name or "",
                    "workspace": str(spawner.workspace_dir().path), "hub_id": plan.hub_id},
     }
+    if socket_dir is not None:  # only then: a module of the operator's need not declare it
+        found["hub_socket_dir"] = socket_dir
     if not spawner.backend_info.provider_files:  # the LXD provider cannot write files into Incus instances
         found["files_via_provider"] = False
     found.update(await extra_inputs(spawner))

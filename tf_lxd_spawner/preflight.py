@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.utils import maybe_future
 
-from . import audit, backends, connect, lxd, storage
+from . import audit, backends, connect, hub_relay, lxd, storage
 from . import inputs as config_inputs
 from .errors import SpawnError
 from .inputs import ConfigError
@@ -30,6 +30,7 @@ class Plan:
     hub_id: str = ""
     target: str | None = None
     volume: "storage.Volume | None" = None  # the user's home volume (storage_enabled)
+    hub_socket: bool = False  # the hub API through the unix socket relay (hub_api_via)
 
 
 async def run(spawner) -> Plan:
@@ -72,14 +73,17 @@ async def run(spawner) -> Plan:
                                          spawner.endpoint.where)
         if wrong_daemon:
             raise SpawnError(wrong_daemon)
-        if not await lxd.image_exists(spawner.endpoint, spawner.chosen_image):
+        image = await lxd.image_properties(spawner.endpoint, spawner.chosen_image)
+        if image is None:
             raise SpawnError(f"image {spawner.chosen_image!r} does not exist on the "
                              f"{spawner.backend_info.display} server")
         plan.members = await lxd.members(spawner.endpoint)
         await check_instance_gets_a_nic(spawner, extra)
     except lxd.LxdUnavailable as e:
         raise SpawnError(str(e)) from None
-    await check_members_reach_hub(spawner, plan.members)
+    plan.hub_socket = await hub_api_by_socket(spawner, plan.members, image)
+    if not plan.hub_socket:
+        await check_members_reach_hub(spawner, plan.members)
     if spawner.storage_enabled:
         plan.volume = await check_storage(spawner)
         mounted = [d for d in disks if d.get("path", "").rstrip("/") == plan.volume.mount_path.rstrip("/")]
@@ -132,6 +136,37 @@ async def uid_gid(spawner) -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
+def _candidates(spawner, members: list[lxd.Member]) -> list[lxd.Member]:
+    return [m for m in members if m.status == "Online" and m.name not in spawner.excluded_members]
+
+
+async def hub_api_by_socket(spawner, members: list[lxd.Member], image: dict) -> bool:
+    """hub_api_via: whether this server reaches the hub API through the hub's unix socket
+    (hub_relay), which only a container on the hub's own host can mount; "auto" also wants an
+    image that has the relay (it says so in a property) and the shipped module."""
+    via = spawner.hub_api_via
+    if via == "proxy":
+        return False
+    elsewhere = []
+    address = urlparse(spawner.lxd_endpoint).hostname
+    if spawner.remote_endpoint and not members and not await asyncio.to_thread(is_this_host, address):
+        elsewhere = [f"the {spawner.backend_info.display} server {address}"]
+    for m in _candidates(spawner, members):
+        if not await asyncio.to_thread(is_this_host, m.address):
+            elsewhere.append(f"member {m.name} ({m.address})")
+    if via == "auto":  # another module may not take hub_socket_dir: it keeps its proxy device
+        shipped = spawner.module_source == spawner.trait_defaults("module_source")
+        return shipped and not elsewhere and bool(image.get(hub_relay.IMAGE_PROPERTY))
+    if elsewhere:
+        raise SpawnError(f"hub_api_via = \"socket\" needs every server on the hub's own host, but servers may "
+                         f"run on {', '.join(elsewhere)}: use hub_api_via = \"auto\" or \"proxy\"", reason="config")
+    if not image.get(hub_relay.IMAGE_PROPERTY):
+        spawner.log.warning("hub_api_via = \"socket\": image %r does not say it has the hub API relay (property "
+                            "%s); its server must serve 127.0.0.1:%s from %s itself", spawner.chosen_image,
+                            hub_relay.IMAGE_PROPERTY, hub_relay.CONTAINER_PORT, hub_relay.CONTAINER_DIR)
+    return True
+
+
 async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
     """Refuse, before anything is made, a server that could land on a member other than this
     host while the hub API is on a loopback address: the member's own loopback is not ours."""
@@ -139,8 +174,7 @@ async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
     if not is_loopback(await asyncio.to_thread(resolve, host)):
         return
     if members:
-        candidates = [m for m in members if m.status == "Online" and m.name not in spawner.excluded_members]
-        remote = [f"{m.name} ({m.address})" for m in candidates
+        remote = [f"{m.name} ({m.address})" for m in _candidates(spawner, members)
                   if not await asyncio.to_thread(is_this_host, m.address)]
     else:
         address = urlparse(spawner.lxd_endpoint).hostname if spawner.remote_endpoint else "127.0.0.1"

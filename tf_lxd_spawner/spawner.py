@@ -29,6 +29,7 @@ from . import inputs as config_inputs
 from . import audit, backends, lxd, metrics, naming, preflight, profiles, recovery, renaming, starting, stopping, storage
 from . import state as server_state
 from .environment import DEFAULT_ALLOWED
+from .module_inputs import start_hub_relay
 from .errors import SpawnError
 from .ports import ports
 from .progress import Progress
@@ -37,6 +38,9 @@ from .state import Phase, ServerState
 from .terraform import TerraformError, TerraformRunner, concurrency_gate, pick_binary
 from .tokens import revoke_forgotten_tokens
 from .workspace import StateUnreadable, Workspace, WorkspaceBusy, hub_id, workspace_path
+
+#: Tasks started from synchronous hub callbacks (load_state), kept until they end.
+_background: set[asyncio.Task] = set()
 
 __all__ = ["LxdSpawner", "SpawnError", "default_module_source"]
 
@@ -491,6 +495,19 @@ class LxdSpawner(Spawner):
         member the server landed on, works with no network in the container) or "instance-ip"
         (the container's own IPv4 on a bridge the hub can route to). When a member is not the
         hub's own host, set hub_connect_url to an address of the hub that members can reach.""",
+    ).tag(config=True)
+
+    hub_api_via = Enum(
+        ["auto", "socket", "proxy"],
+        "auto",
+        help="""How a container reaches the hub API. "socket": the hub serves its API on a unix
+        socket in <state_dir>/_hub-api, mounted read-only into the container, where the image's
+        relay (image/build.sh's jupyterhub-api.socket) serves it at 127.0.0.1:8081; it saves
+        every start the second a proxy device costs, but only works for containers on the hub's
+        own host. "proxy": a bind=container proxy device to hub_connect_url, for members on
+        other hosts. "auto": the socket when the daemon and every member that can get servers
+        are on this host and the image says it has the relay (its tf_lxd_spawner_hub_api_socket
+        property), else the proxy device.""",
     ).tag(config=True)
 
     proxy_port_range = Tuple(
@@ -984,6 +1001,24 @@ class LxdSpawner(Spawner):
             ports.claim(self.record.listen_address, self.record.listen_port)
         if self.record.phase is Phase.RUNNING:
             metrics.server_placed(self.user.name, self.name or "", self.member)
+            self._restart_hub_relay()
+
+    def _restart_hub_relay(self) -> None:
+        """A restarted hub finds servers running: those that reach its API through its unix
+        socket need the relay at once, not at the next spawn."""
+        if self.hub_api_via == "proxy":
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(start_hub_relay(self))
+        except RuntimeError:  # no event loop (a command line tool reading state): no relay wanted
+            return
+        _background.add(task)
+        task.add_done_callback(self._relay_started)
+
+    def _relay_started(self, task: asyncio.Task) -> None:
+        _background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("The hub API relay for running servers could not start: %s", task.exception())
 
     def clear_state(self):
         """JupyterHub calls this before every start and after every stop. What exists does not

@@ -151,7 +151,7 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
     sp = spawner
     resuming = attempt.resuming
     sp.ip, sp.port = server_bind_ip(sp), sp.server_port  # where the server binds, inside
-    _, _, api_inside = hub_address(sp)
+    _, _, api_inside = hub_address(sp, by_socket=plan.hub_socket)
     bar = sp.progress_bar
     ticker = None
     try:

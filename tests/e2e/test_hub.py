@@ -203,7 +203,7 @@ def test_metrics_on_hub_metrics_after_real_spawns(hub, lxd_client):
     assert _sum(running, "tf_lxd_spawner_spawn_stage_duration_seconds_sum", stage="apply", outcome="ok") > 0
     assert _sum(running, "tf_lxd_spawner_placements_total", member="daemon") >= 1  # standalone LXD chooses
     assert _sum(running, "tf_lxd_spawner_terraform_run_duration_seconds_count", command="apply", outcome="ok") >= 1
-    assert _sum(running, "tf_lxd_spawner_lxd_request_duration_seconds_count", call="image_exists") >= 1
+    assert _sum(running, "tf_lxd_spawner_lxd_request_duration_seconds_count", call="image_properties") >= 1
 
     stops_before = _sum(running, "tf_lxd_spawner_stop_duration_seconds_count", outcome="ok")
     hub.api("DELETE", "/users/dave/server")

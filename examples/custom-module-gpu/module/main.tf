@@ -35,6 +35,7 @@ module "notebook" {
   listen_port        = var.listen_port
   hub_address        = var.hub_address
   hub_port           = var.hub_port
+  hub_socket_dir     = var.hub_socket_dir
   files              = var.files
   files_via_provider = var.files_via_provider
   disks              = var.disks

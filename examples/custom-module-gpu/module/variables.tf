@@ -77,6 +77,12 @@ variable "hub_address" {
   type        = any
 }
 
+variable "hub_socket_dir" {
+  description = "The directory of the hub API's unix socket, when the spawner uses it (see the notebook module)."
+  type        = any
+  default     = null
+}
+
 variable "hub_port" {
   description = "The hub API's port (see the notebook module)."
   type        = any

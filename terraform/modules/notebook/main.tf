@@ -47,7 +47,16 @@ locals {
         }
       }
     } : {},
-    var.hub_address == null ? {} : {
+    var.hub_socket_dir != null ? {
+      jupyterhub-api = {
+        type = "disk"
+        properties = {
+          source   = var.hub_socket_dir
+          path     = "/var/lib/tf-lxd-spawner/hub"
+          readonly = "true"
+        }
+      }
+      } : var.hub_address == null ? {} : {
       jupyterhub-api = {
         type = "proxy"
         properties = {

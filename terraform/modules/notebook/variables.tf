@@ -139,6 +139,17 @@ variable "hub_address" {
   default     = "127.0.0.1"
 }
 
+variable "hub_socket_dir" {
+  description = "Host directory (on the member: the hub's own host) holding the hub API's unix socket hub-api.sock. When set, it is mounted read-only at /var/lib/tf-lxd-spawner/hub instead of the hub_address proxy device, and the image's relay (its jupyterhub-api.socket unit) serves the hub API inside on 127.0.0.1:8081. A disk device adds nothing to the instance's start, where each proxy device costs about a second."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.hub_socket_dir == null ? true : startswith(var.hub_socket_dir, "/")
+    error_message = "hub_socket_dir must be an absolute path."
+  }
+}
+
 variable "hub_port" {
   description = "Port of the hub API, on the member and (through the proxy device) inside the instance."
   type        = number

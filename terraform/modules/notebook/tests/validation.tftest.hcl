@@ -60,6 +60,34 @@ run "files_via_caller_plan" {
   }
 }
 
+run "hub_socket_plan" {
+  command = plan
+
+  variables {
+    hub_address    = null
+    hub_socket_dir = "/var/lib/jupyterhub/tf-lxd/_hub-api"
+  }
+
+  assert {
+    condition     = one([for d in lxd_container.notebook.device : d if d.name == "jupyterhub-api"]).type == "disk"
+    error_message = "With hub_socket_dir the hub API comes in as a disk device, not a proxy device."
+  }
+  assert {
+    condition = one([for d in lxd_container.notebook.device : d.properties if d.name == "jupyterhub-api"]) == tomap({
+      source = "/var/lib/jupyterhub/tf-lxd/_hub-api", path = "/var/lib/tf-lxd-spawner/hub", readonly = "true"
+    })
+    error_message = "The hub's socket directory should be mounted read-only where the image's relay looks."
+  }
+}
+
+run "relative_hub_socket_dir" {
+  command = plan
+  variables {
+    hub_socket_dir = "_hub-api"
+  }
+  expect_failures = [var.hub_socket_dir]
+}
+
 run "proxy_needs_listen_port" {
   command = plan
   variables {
