@@ -9,8 +9,8 @@ container's own network namespace, over that bridge.
 
 What must hold: the server binds the container's own address (the hub's proxy routes to
 http://<its 10.214.0.x>:8888 and code runs through it), there is no proxy device for the
-server (only the bind=container one that brings the hub API to the container's loopback, which
-the server and the kernel use), and stop removes the container. Everything the test made
+server (the hub API reaches the container's loopback through the hub's unix socket, and the
+server and the kernel use it), and stop removes the container. Everything the test made
 (bridge, containers) goes at the end, also on failure.
 """
 
@@ -143,10 +143,11 @@ def test_instance_ip_spawns_reaches_the_container_address_runs_code_and_stops(hu
     assert hostname == start["instance"]
     assert api.startswith("http://127.0.0.1:") and status == "200"
 
-    # No proxy device for the server; only the one bringing the hub API into the container.
+    # No proxy device at all: none for the server, and the hub API comes through the hub's
+    # unix socket (hub_api_via = "auto" on the hub's own host; test_hub_api_relay has both).
     instance = client.instances.get(start["instance"])
     proxies = {n: d for n, d in instance.expanded_devices.items() if d["type"] == "proxy"}
-    assert list(proxies) == ["jupyterhub-api"] and proxies["jupyterhub-api"]["bind"] == "container", proxies
+    assert proxies == {} and instance.expanded_devices["jupyterhub-api"]["type"] == "disk", instance.expanded_devices
     # The server listens on the container's address (every address), not only on its loopback.
     listening = client.instances.get(start["instance"]).execute(["ss", "-Htln", "sport = :8888"]).stdout
     assert "0.0.0.0:8888" in listening, listening
