@@ -35,8 +35,9 @@ class SpawnFailed(RuntimeError):
     """The hub reported the spawn ended without a ready server (or it timed out)."""
 
 
+PROXY = 'c.LxdSpawner.hub_api_via = "proxy"\n'
 LEVERS_OFF = ("c.LxdSpawner.share_terraform_init = False\n"
-              "c.LxdSpawner.terraform_gogc = 0\n")
+              "c.LxdSpawner.terraform_gogc = 0\n" + PROXY)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,10 @@ CONTESTANTS = [Contestant(f"{b}-{d}", "tf", d, b) for b in ("terraform", "tofu")
     Contestant(f"{b}-{d}-novolume", "tf", d, b, storage=False) for b in ("terraform", "tofu") for d in ("lxd", "incus")] + [
     # Without the start-path levers of issue 21 that were kept (an init per workspace, Go's default
     # GOGC): what they buy, measured side by side.
-    Contestant(f"{b}-{d}-levers-off", "tf", d, b, extra=LEVERS_OFF) for b in ("terraform", "tofu") for d in ("lxd", "incus")]
+    Contestant(f"{b}-{d}-levers-off", "tf", d, b, extra=LEVERS_OFF) for b in ("terraform", "tofu") for d in ("lxd", "incus")] + [
+    # The hub API through a proxy device instead of the hub's unix socket (hub_api_via): what the
+    # socket buys, with the other levers on.
+    Contestant(f"{b}-{d}-proxy", "tf", d, b, extra=PROXY) for b in ("terraform", "tofu") for d in ("lxd", "incus")]
 
 
 def hub_cpu_seconds(pid: int) -> float:

@@ -18,7 +18,7 @@ GOAL_CPU_ADDED_S = 0.8
 GOAL_SPAWN_INCUS_S = 3.0
 GOAL_STOP_RATIO = 1.25
 #: Contestant name endings of variants measured beside the defaults (no goals of their own).
-VARIANTS = ("-novolume", "-levers-off")
+VARIANTS = ("-novolume", "-levers-off", "-proxy")
 GOAL_BURST_N = 20
 GOAL_BURST_S = 60.0
 GOAL_API_P50_MS = 20.0
@@ -277,7 +277,9 @@ def _method() -> str:
         "(Terraform, and the provider Terraform ran and waited for). *Terraform adds* = tf-lxd-spawner's median "
         "minus the baseline's on the same daemon.",
         "- `-levers-off` contestants (when measured) run the same spawner without issue 21's start-path "
-        "levers that were kept: `share_terraform_init = False`, `terraform_gogc = 0`.",
+        "levers that were kept: `share_terraform_init = False`, `terraform_gogc = 0`, "
+        "`hub_api_via = \"proxy\"`; `-proxy` ones only the last: the hub API through a proxy device instead "
+        "of the hub's unix socket.",
         ""])
 
 

@@ -86,7 +86,7 @@ def selected_contestants(args):
         sys.exit(f"unknown contestants {unknown}; choose from {sorted(known)}")
     # By default the contestants the page compares; "-novolume" ones (the home volume's cost) and
     # "-levers-off" ones (what issue 21's levers bought) on request.
-    return [c for c in CONTESTANTS if c.name in wanted or not wanted and not c.name.endswith(("-novolume", "-levers-off"))]
+    return [c for c in CONTESTANTS if c.name in wanted or not wanted and not c.name.endswith(("-novolume", "-levers-off", "-proxy"))]
 
 
 # -- the parts --------------------------------------------------------------------------------------

@@ -169,8 +169,10 @@ HEALTHY = {
     "lxd-terraform": """c.LxdSpawner.filesystems_to_mount = [["home", "{work}/homes/{{username}}", "/mnt/home"]]
                         c.LxdSpawner.mount_idmap = "raw.idmap"
                         c.LxdSpawner.get_uid_gid = lambda spawner: (2345, 2345)""",
-    # Incus with OpenTofu: a shift mount needs no subordinate ids.
+    # Incus with OpenTofu: a shift mount needs no subordinate ids; the hub API through the proxy
+    # device (LXD's case gets it through the hub's unix socket, hub_api_via = "auto").
     "incus-tofu": f"""c.LxdSpawner.backend = "incus"
+                      c.LxdSpawner.hub_api_via = "proxy"
                       c.LxdSpawner.terraform_path = "{CACHE / 'bin' / 'tofu'}"
                       c.LxdSpawner.filesystems_to_mount = [["home", "{{work}}/homes/{{{{username}}}}", "/mnt/home"]]""",
 }
@@ -259,6 +261,8 @@ def test_working_setup_passes_every_check(reports, case):
     assert "quota 10GiB enforced" in checks["storage"]["detail"], checks["storage"]
     assert f"JupyterHub {HUB_VERSION}" in checks["hub"]["detail"]
     assert "answers containers on the" in checks["hub"]["detail"]
+    via = "through the hub's unix socket relay" if case.startswith("lxd") else "through a proxy device to 127.0.0.1:"
+    assert via in checks["hub"]["detail"], checks["hub"]
 
 
 def test_before_the_first_start_doctor_passes_and_says_what_comes_later(reports):
