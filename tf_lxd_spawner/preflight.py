@@ -167,6 +167,17 @@ async def hub_api_by_socket(spawner, members: list[lxd.Member], image: dict) -> 
     return True
 
 
+async def resumed_by_socket(spawner, instance: str) -> bool:
+    """A kept instance resumes with the hub's socket only if its own root file system has the
+    relay: LXD copies the image's properties into its config (image.*) when it is made, so an
+    instance made from an older image keeps its proxy device whatever the image is now."""
+    try:
+        info = await lxd.instance(spawner.endpoint, instance)
+    except lxd.LxdUnavailable as e:
+        raise SpawnError(str(e)) from None
+    return info is None or bool(info.config.get(f"image.{hub_relay.IMAGE_PROPERTY}"))
+
+
 async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
     """Refuse, before anything is made, a server that could land on a member other than this
     host while the hub API is on a loopback address: the member's own loopback is not ours."""

@@ -746,6 +746,8 @@ class LxdSpawner(Spawner):
             raise error from None
         resuming = current.resumable
         instance = current.instance if resuming else self.instance_name()
+        if resuming and self.plan.hub_socket and self.hub_api_via == "auto":
+            self.plan.hub_socket = await preflight.resumed_by_socket(self, instance)
         volume = str(self.plan.volume.workspace) if self.plan.volume is not None else ""
         await self._commit(ws, current.creating(instance, str(ws.path), self.chosen_image, resuming, volume))
         attempt = starting.Attempt(resuming=resuming)

@@ -103,3 +103,27 @@ def test_a_kept_server_made_with_the_proxy_device_resumes_with_the_socket(stack)
     assert hub.run_code("keeper", hub.user_token("keeper"), "print('resumed')").strip() == "resumed"
     hub.api("DELETE", "/users/keeper")  # delete_forever: the kept container goes
     wait_for(lambda: not client.instances.exists("jupyter-keeper"), what="the kept container to go")
+
+
+def test_a_kept_server_from_an_image_without_the_relay_keeps_its_proxy_device(stack):
+    """An instance made from an older image has no relay in its root file system, whatever the
+    image is now: LXD copied the image's properties into its config (image.*) when it made it,
+    and without that one the resume keeps the proxy device, and the server reaches the hub."""
+    hub, client, control = stack
+    control.set("elder", hub_api_via="proxy", remove=False)
+    hub.start_server("elder")
+    hub.wait_ready("elder")
+    hub.api("DELETE", "/users/elder/server")
+    hub.wait_stopped("elder")
+    inst = client.instances.get("jupyter-elder")
+    del inst.config["image.tf_lxd_spawner_hub_api_socket"]  # as if made from an image without the relay
+    inst.save(wait=True)
+
+    control.set("elder", remove=False)  # hub_api_via "auto", the image has the relay
+    r = hub.start_server("elder")
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("elder")
+    assert client.instances.get("jupyter-elder").devices["jupyterhub-api"]["type"] == "proxy"
+    assert hub.run_code("elder", hub.user_token("elder"), "print('still')").strip() == "still"
+    hub.api("DELETE", "/users/elder")
+    wait_for(lambda: not client.instances.exists("jupyter-elder"), what="the kept container to go")
