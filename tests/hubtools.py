@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from urllib.parse import quote
 import requests
 import websocket
 
-from conftest import CACHE, free_port
+from conftest import CACHE, IMAGE, free_port
 
 CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"
 
@@ -258,6 +259,19 @@ def shut_down(hub: "Hub", lxd_client) -> None:
         except (NotFound, AttributeError):  # gone while listed (another test's instance, deleted meanwhile)
             continue
     delete_volumes(lxd_client, str(hub.state_dir))
+
+
+@contextlib.contextmanager
+def second_alias(client, alias: str):
+    """A second alias of the test image on `client`'s daemon: another image name for the
+    provider and the audit (an operator's image rollout, a choice in a form), of the same
+    files. Removed afterwards, whatever happened."""
+    if not client.images.exists(alias, alias=True):
+        client.images.get_by_alias(IMAGE).add_alias(alias, f"tf-lxd-spawner test alias ({alias})")
+    try:
+        yield alias
+    finally:
+        client.images.get_by_alias(IMAGE).delete_alias(alias)
 
 
 def delete_volumes(client, under: str = "", names: set | None = None) -> list[str]:

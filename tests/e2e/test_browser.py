@@ -28,7 +28,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from conftest import CACHE, IMAGE, REPO
-from hubtools import Hub, shut_down
+from hubtools import Hub, second_alias, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -104,11 +104,8 @@ def demo_client(incus_client):
 @pytest.fixture(scope="module")
 def second_image(demo_client):
     """A second alias of the notebook image: a choice the audit record can tell apart."""
-    alias = f"tf-lxd-browser-{uuid.uuid4().hex[:8]}"
-    image = demo_client.images.get_by_alias(IMAGE)
-    image.add_alias(alias, "tf-lxd-spawner test alias (test_browser)")
-    yield alias
-    demo_client.images.get_by_alias(IMAGE).delete_alias(alias)
+    with second_alias(demo_client, f"tf-lxd-browser-{uuid.uuid4().hex[:8]}") as alias:
+        yield alias
 
 
 @pytest.fixture(scope="module")

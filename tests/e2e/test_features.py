@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from conftest import MODULE_DIR
-from hubtools import Hub, shut_down
+from hubtools import Hub, second_alias, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -44,9 +44,6 @@ def hub(tmp_path_factory, lxd_client):
     for user in ("seed", "priv", "chooser", "named", "custom", "keeper"):
         (work / f"pushed-{user}").write_text(f"pushed for {user}\n")
     module = custom_module(work / "custom-module")
-    image = lxd_client.images.get_by_alias("jupyter-notebook")
-    if not lxd_client.images.exists(ALT_ALIAS, alias=True):
-        image.add_alias(ALT_ALIAS, "tf-lxd-spawner test alias")
     if not lxd_client.profiles.exists(PROFILE):
         lxd_client.profiles.create(PROFILE, config={"user.profile-marker": "yes"}, devices={})
     extra = f"""
@@ -89,13 +86,13 @@ def hook(spawner):
         }}
 c.Spawner.pre_spawn_hook = hook
 """
-    hub = Hub(work, extra).start()
-    hub.work = work
-    yield hub
-    shut_down(hub, lxd_client)
+    with second_alias(lxd_client, ALT_ALIAS):
+        hub = Hub(work, extra).start()
+        hub.work = work
+        yield hub
+        shut_down(hub, lxd_client)
     if lxd_client.profiles.exists(PROFILE):
         lxd_client.profiles.get(PROFILE).delete()
-    image.delete_alias(ALT_ALIAS)
 
 
 def spawn(hub, user, server="", options=None):

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CACHE, IMAGE
-from hubtools import Control, Hub, control_hook, shut_down, terraform_pid, wait_for
+from hubtools import Control, Hub, control_hook, second_alias, shut_down, terraform_pid, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -73,42 +73,36 @@ def stack(request, tmp_path_factory):
     daemon = request.param
     client = request.getfixturevalue(f"{daemon}_client")  # only the daemon under test must be up
     path = f"{os.environ['PATH']}:{CACHE / 'bin'}"  # tofu is built into the project's cache
-    image = client.images.get_by_alias(IMAGE)
-    if not client.images.exists(ALIAS, alias=True):
-        image.add_alias(ALIAS, "tf-lxd-spawner test alias (test_kept_servers)")
-    hubs = []
-    controls = {}
-    try:
-        for role in ("main", "killable"):
-            work = tmp_path_factory.mktemp(f"kept-{daemon}-{role}")
-            hub = Hub(work, hub_config(daemon, work), env={"PATH": path})
-            hubs.append(hub)
-            controls[id(hub)] = Control(work / "control.json")
-            hub.start()
-        yield Stack(daemon, client, hubs[0], hubs[1], controls)
-    finally:
-        failures = []
-        for hub in hubs:  # every hub ends and its containers go, even when one teardown fails
-            try:
-                shut_down(hub, client)
-            except Exception as e:
-                failures.append(e)
-        # shut_down deletes nothing when its hub cannot start again: sweep by the workspace label.
-        for inst in client.instances.all():
-            try:
-                if any(inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(f"{hub.state_dir}/")
-                       for hub in hubs):
-                    if inst.status != "Stopped":
-                        inst.stop(force=True, wait=True)
-                    inst.delete(wait=True)
-            except Exception as e:  # gone meanwhile, or a daemon error: reported below
-                failures.append(e)
+    with second_alias(client, ALIAS):  # removed after everything else, whatever happened
+        hubs = []
+        controls = {}
         try:
-            client.images.get_by_alias(IMAGE).delete_alias(ALIAS)
-        except Exception as e:
-            failures.append(e)
-        if failures:
-            raise failures[0]
+            for role in ("main", "killable"):
+                work = tmp_path_factory.mktemp(f"kept-{daemon}-{role}")
+                hub = Hub(work, hub_config(daemon, work), env={"PATH": path})
+                hubs.append(hub)
+                controls[id(hub)] = Control(work / "control.json")
+                hub.start()
+            yield Stack(daemon, client, hubs[0], hubs[1], controls)
+        finally:
+            failures = []
+            for hub in hubs:  # every hub ends and its containers go, even when one teardown fails
+                try:
+                    shut_down(hub, client)
+                except Exception as e:
+                    failures.append(e)
+            # shut_down deletes nothing when its hub cannot start again: sweep by the workspace label.
+            for inst in client.instances.all():
+                try:
+                    if any(inst.config.get("user.tf-lxd-spawner.workspace", "").startswith(f"{hub.state_dir}/")
+                           for hub in hubs):
+                        if inst.status != "Stopped":
+                            inst.stop(force=True, wait=True)
+                        inst.delete(wait=True)
+                except Exception as e:  # gone meanwhile, or a daemon error: reported below
+                    failures.append(e)
+            if failures:
+                raise failures[0]
 
 
 # -- helpers -----------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from conftest import CACHE, IMAGE
-from hubtools import Hub, shut_down, wait_for
+from hubtools import Hub, second_alias, shut_down, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -51,9 +51,6 @@ c.Spawner.group_overrides = {{"01-big": {{"groups": ["big"], "spawner_override":
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, incus_client):
     client = incus_client
-    image = client.images.get_by_alias(IMAGE)
-    if not client.images.exists(ALIAS, alias=True):
-        image.add_alias(ALIAS, "tf-lxd-spawner test alias (test_profiles)")
     work = tmp_path_factory.mktemp("profiles")
     hub = Hub(work, f"""
 c.JupyterHub.allow_named_servers = True
@@ -65,14 +62,12 @@ c.LxdSpawner.storage_name_template = "home-{{username}}-{{servername}}"
 c.Spawner.http_timeout = 200
 c.Spawner.start_timeout = 240
 """ + PROFILES, env={"PATH": f"{os.environ['PATH']}:{CACHE / 'bin'}"})
-    hub.start()
-    try:
-        yield client, hub
-    finally:
+    with second_alias(client, ALIAS):
+        hub.start()
         try:
-            shut_down(hub, client)
+            yield client, hub
         finally:
-            client.images.get_by_alias(IMAGE).delete_alias(ALIAS)
+            shut_down(hub, client)
 
 
 def records(hub, user, server="_default") -> list[dict]:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import CACHE, IMAGE
-from hubtools import Control, Hub, control_hook, shut_down
+from hubtools import Control, Hub, control_hook, second_alias, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -47,9 +47,6 @@ FILL = ("import errno, os\nbig = os.path.expanduser('~/big')\ntry:\n    with ope
 def stack(request, tmp_path_factory):
     daemon = request.param
     client = request.getfixturevalue(f"{daemon}_client")
-    image = client.images.get_by_alias(IMAGE)
-    if not client.images.exists(ALIAS, alias=True):
-        image.add_alias(ALIAS, "tf-lxd-spawner test alias (test_storage)")
     work = tmp_path_factory.mktemp(f"storage-{daemon}")
     hub = Hub(work, f"""
 c.JupyterHub.allow_named_servers = True
@@ -61,18 +58,18 @@ c.Spawner.http_timeout = 240
 c.Spawner.start_timeout = 300
 """ + control_hook(work / "control.json"), env={"PATH": f"{os.environ['PATH']}:{CACHE / 'bin'}"})
     control = Control(work / "control.json")
-    hub.start()
-    try:
-        yield daemon, client, hub, control
-    finally:
+    with second_alias(client, ALIAS):
+        hub.start()
         try:
-            shut_down(hub, client)
+            yield daemon, client, hub, control
         finally:
-            for vol in client.storage_pools.get(POOL).volumes.all():
-                if vol.type == "custom" and vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(
-                        f"{hub.state_dir}/"):
-                    vol.delete()
-            client.images.get_by_alias(IMAGE).delete_alias(ALIAS)
+            try:
+                shut_down(hub, client)
+            finally:
+                for vol in client.storage_pools.get(POOL).volumes.all():
+                    if vol.type == "custom" and vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(
+                            f"{hub.state_dir}/"):
+                        vol.delete()
 
 
 def volume(client, name):
