@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import weakref
 from pathlib import Path
 
 #: The file in the directory the containers mount, and where the image's relay looks for it.
@@ -29,7 +30,17 @@ CONTAINER_PORT = 8081
 IMAGE_PROPERTY = "tf_lxd_spawner_hub_api_socket"
 
 log = logging.getLogger(__name__)
-_relays: dict[str, "Relay"] = {}
+#: Per event loop (a hub has one; a test process runs many in turn): a lock for starting relays,
+#: and the relays that loop serves, by socket path.
+_loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Lock, dict[str, Relay]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _of_this_loop() -> "tuple[asyncio.Lock, dict[str, Relay]]":
+    loop = asyncio.get_running_loop()
+    if loop not in _loops:
+        _loops[loop] = (asyncio.Lock(), {})
+    return _loops[loop]
 
 
 class Relay:
@@ -94,22 +105,20 @@ def _listen(path: Path) -> socket.socket:
     return sock
 
 
-_starting = asyncio.Lock()
-
-
 async def ensure(directory: str | Path, host: str, port: int) -> Relay:
     """The relay for `directory`, started if it is not running (or its socket was removed).
     Connections queue in the socket's backlog until it serves, so a caller need not wait."""
     path = Path(directory) / SOCKET_NAME
-    async with _starting:
-        relay = _relays.get(str(path))
+    starting, relays = _of_this_loop()
+    async with starting:
+        relay = relays.get(str(path))
         if relay is not None and (relay.host, relay.port) == (host, port) and await asyncio.to_thread(path.exists):
             return relay
         if relay is not None:
             relay.close()
         relay = Relay(path, host, port)
         await relay.serve(await asyncio.to_thread(_listen, path))
-        _relays[str(path)] = relay
+        relays[str(path)] = relay
     log.info("hub API relay: %s -> %s:%s", path, host, port)
     return relay
 
@@ -117,7 +126,7 @@ async def ensure(directory: str | Path, host: str, port: int) -> Relay:
 def stop(directory: str | Path) -> None:
     """Stop the relay for `directory` and remove its socket (doctor's throwaway relay)."""
     path = Path(directory) / SOCKET_NAME
-    relay = _relays.pop(str(path), None)
+    relay = _of_this_loop()[1].pop(str(path), None)
     if relay is not None:
         relay.close()
     with contextlib.suppress(FileNotFoundError):

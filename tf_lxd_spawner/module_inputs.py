@@ -48,7 +48,7 @@ def hub_address(spawner, by_socket: bool = False) -> tuple[str, int, str]:
 
 def hub_socket_dir(spawner) -> str:
     """The directory of this hub's API socket, which containers on this host mount."""
-    return os.path.join(spawner.state_dir, "_hub-api")
+    return os.path.join(os.path.abspath(spawner.state_dir), "_hub-api")  # LXD mounts absolute paths
 
 
 async def start_hub_relay(spawner) -> str:

@@ -114,3 +114,40 @@ def test_inside_the_container_the_api_is_on_the_relays_port_or_the_proxy_devices
     sp = SimpleNamespace(hub_connect_url="", hub=SimpleNamespace(api_url="http://127.0.0.1:8090/hub/api"))
     assert hub_address(sp) == ("127.0.0.1", 8090, "http://127.0.0.1:8090/hub/api")
     assert hub_address(sp, by_socket=True) == ("127.0.0.1", 8090, "http://127.0.0.1:8081/hub/api")
+
+
+def test_the_socket_directory_is_absolute_with_a_relative_state_dir(tmp_path, monkeypatch):
+    """LXD mounts only absolute host paths; an operator's state_dir may be relative to the hub's
+    working directory (tests/e2e/test_installed_wheel runs a hub that way)."""
+    from tf_lxd_spawner.module_inputs import hub_socket_dir
+    monkeypatch.chdir(tmp_path)
+    assert hub_socket_dir(SimpleNamespace(state_dir="relative-state")) == str(tmp_path / "relative-state" / "_hub-api")
+
+
+def test_each_event_loop_serves_its_own_relay(tmp_path):
+    """A hub runs one event loop; a process that runs several in turn (the spawner's tests, a
+    command line tool) gets a working relay in each, never one bound to a loop that ended, and
+    spawns that start it at once in each loop do not trip over the last loop's lock."""
+    port = None
+
+    async def answer(reader, writer):
+        writer.write(b"got " + await reader.read())
+        await writer.drain()
+        writer.close()
+
+    async def one_round(body: bytes) -> bytes:
+        nonlocal port
+        server = await asyncio.start_server(answer, "127.0.0.1", port or 0)  # the same hub each time
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await asyncio.gather(*(hub_relay.ensure(tmp_path, "127.0.0.1", port) for _ in range(4)))
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / hub_relay.SOCKET_NAME))
+            writer.write(body)
+            writer.write_eof()
+            got = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            return got
+        finally:
+            server.close()
+    assert asyncio.run(one_round(b"first")) == b"got first"
+    assert asyncio.run(one_round(b"second")) == b"got second"
