@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 #: and the relays that loop serves, by socket path.
 _loops: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[asyncio.Lock, dict[str, Relay]]]" = (
     weakref.WeakKeyDictionary())
+#: The newest relay of this process at each path, whatever loop it was started on.
+_newest: "dict[str, Relay]" = {}
 
 
 def _of_this_loop() -> "tuple[asyncio.Lock, dict[str, Relay]]":
@@ -50,8 +52,10 @@ class Relay:
         self.path, self.host, self.port = path, host, port
         self.connections = 0
         self._server: asyncio.base_events.Server | None = None
+        self._sock: socket.socket | None = None
 
     async def serve(self, sock: socket.socket) -> None:
+        self._sock = sock
         self._server = await asyncio.start_unix_server(self._relay, sock=sock)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -72,6 +76,12 @@ class Relay:
         if self._server is not None:
             self._server.close()
 
+    def abandon(self) -> None:
+        """Close the listening socket of a relay whose event loop has ended (its server can no
+        longer be closed through that loop): nothing is left listening at its path."""
+        if self._sock is not None:
+            self._sock.close()
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy until end of file, then pass the end on (a half-close: the other way may still
@@ -86,11 +96,28 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-def _listen(path: Path) -> socket.socket:
+def _served(path: Path) -> bool:
+    """Whether a live process answers at `path` (the hub, when this is a tool of the operator's
+    that reads the same state_dir): its socket is never taken over."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:  # none there, not a socket, or nobody listening (an earlier hub's)
+        return False
+    finally:
+        probe.close()
+
+
+def _listen(path: Path) -> socket.socket | None:
     """Bind `path` (a stale socket of an earlier hub is replaced), readable and writable by the
-    containers' root, which is an unprivileged id on the host."""
+    containers' root, which is an unprivileged id on the host; None when another process
+    serves it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o755)  # only the socket is in it; containers mount it read-only
+    if _served(path):
+        return None
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -105,9 +132,10 @@ def _listen(path: Path) -> socket.socket:
     return sock
 
 
-async def ensure(directory: str | Path, host: str, port: int) -> Relay:
-    """The relay for `directory`, started if it is not running (or its socket was removed).
-    Connections queue in the socket's backlog until it serves, so a caller need not wait."""
+async def ensure(directory: str | Path, host: str, port: int) -> Relay | None:
+    """The relay for `directory`, started if it is not running (or its socket was removed);
+    None when another live process serves that socket. Connections queue in the socket's
+    backlog until it serves, so a caller need not wait."""
     path = Path(directory) / SOCKET_NAME
     starting, relays = _of_this_loop()
     async with starting:
@@ -116,9 +144,15 @@ async def ensure(directory: str | Path, host: str, port: int) -> Relay:
             return relay
         if relay is not None:
             relay.close()
+        elif str(path) in _newest:  # this process's, from a loop that has ended
+            _newest.pop(str(path)).abandon()
+        sock = await asyncio.to_thread(_listen, path)
+        if sock is None:
+            log.info("hub API relay: %s is served by another process; left as it is", path)
+            return None
         relay = Relay(path, host, port)
-        await relay.serve(await asyncio.to_thread(_listen, path))
-        relays[str(path)] = relay
+        await relay.serve(sock)
+        relays[str(path)] = _newest[str(path)] = relay
     log.info("hub API relay: %s -> %s:%s", path, host, port)
     return relay
 
@@ -129,5 +163,6 @@ def stop(directory: str | Path) -> None:
     relay = _of_this_loop()[1].pop(str(path), None)
     if relay is not None:
         relay.close()
+        _newest.pop(str(path), None)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

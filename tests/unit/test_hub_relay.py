@@ -151,3 +151,22 @@ def test_each_event_loop_serves_its_own_relay(tmp_path):
             server.close()
     assert asyncio.run(one_round(b"first")) == b"got first"
     assert asyncio.run(one_round(b"second")) == b"got second"
+
+
+def test_a_socket_another_live_process_serves_is_left_alone(tmp_path):
+    """An operator's tool (or a second hub) reading the same state_dir never takes the hub's
+    socket over: its containers would lose the hub API when that process ends."""
+    import socket
+    theirs = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    theirs.bind(str(tmp_path / hub_relay.SOCKET_NAME))
+    theirs.listen(4)
+    try:
+        assert asyncio.run(hub_relay.ensure(tmp_path, "127.0.0.1", 1)) is None
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(tmp_path / hub_relay.SOCKET_NAME))
+        theirs.settimeout(5)
+        accepted, _ = theirs.accept()  # the same listener as before: not replaced
+        accepted.close()
+        client.close()
+    finally:
+        theirs.close()
