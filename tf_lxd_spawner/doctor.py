@@ -30,7 +30,7 @@ from urllib.parse import urlparse, urlunparse
 from . import backends, hub_relay, lxd, preflight, provider
 from .errors import SpawnError
 from .inputs import ConfigError, check_subid_allowed, image_choices
-from .module_inputs import hub_address
+from .module_inputs import host_and_port, hub_address
 from .ports import bindable, is_this_host, resolve
 from .terraform import TerraformError, TerraformRunner
 from .workspace import SECRET_INPUTS, Workspace, render_root
@@ -503,11 +503,6 @@ async def _probe_from(ctx: Context, target: str | None, device: dict, inside: st
         await lxd.delete_instance(ctx.endpoint, name)
 
 
-def _hub_from_here(url: str) -> tuple[str, int]:
-    api = urlparse(url)
-    return api.hostname or "127.0.0.1", api.port or (443 if api.scheme == "https" else 80)
-
-
 async def check_hub(ctx: Context) -> Check:
     """The hub API from inside a container, through the proxy device the module gives every
     server: first from this host (nothing answering there is its own failure: doctor is
@@ -534,7 +529,7 @@ async def check_hub(ctx: Context) -> Check:
     relay_dir = None
     if by_socket:  # a relay of doctor's own, as the hub's: the hub's socket may not exist yet
         relay_dir = await asyncio.to_thread(tempfile.mkdtemp, prefix="tf-lxd-doctor-")
-        await hub_relay.ensure(relay_dir, *_hub_from_here(outside))
+        await hub_relay.ensure(relay_dir, *host_and_port(outside))
         _, _, inside = hub_address(sp, by_socket=True)
         device = {"type": "disk", "source": relay_dir, "path": hub_relay.CONTAINER_DIR, "readonly": "true"}
         via = f"through the hub's unix socket relay ({hub_relay.CONTAINER_DIR} in the container)"

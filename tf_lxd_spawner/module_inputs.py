@@ -35,15 +35,22 @@ OWNED_INPUTS = {
 HOME_DEVICE = "tf-lxd-home"
 
 
+def host_and_port(url: str) -> tuple[str, int]:
+    """The host and port of a URL, the scheme's default port when it names none."""
+    parts = urlparse(url)
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+
 def hub_address(spawner, by_socket: bool = False) -> tuple[str, int, str]:
     """(host, port) of the hub API as the member sees it, and the API URL as the container
     sees it: 127.0.0.1:<port>, brought in by the bind=container proxy device, or (by_socket)
     served by the image's relay of the hub's unix socket."""
-    api = urlparse(spawner.hub_connect_url or spawner.hub.api_url)
-    port = api.port or (443 if api.scheme == "https" else 80)
+    connect = spawner.hub_connect_url or spawner.hub.api_url
+    host, port = host_and_port(connect)
     port_inside = hub_relay.CONTAINER_PORT if by_socket else port
-    inside = urlunparse(api._replace(netloc=f"127.0.0.1:{port_inside}", path=urlparse(spawner.hub.api_url).path))
-    return api.hostname or "127.0.0.1", port, inside
+    inside = urlunparse(urlparse(connect)._replace(netloc=f"127.0.0.1:{port_inside}",
+                                                   path=urlparse(spawner.hub.api_url).path))
+    return host, port, inside
 
 
 def hub_socket_dir(spawner) -> str:
@@ -54,12 +61,11 @@ def hub_socket_dir(spawner) -> str:
 async def start_hub_relay(spawner) -> str:
     """The relay of this hub's API to its unix socket, running (a restarted hub starts it again
     for the servers it finds running); returns the socket's directory."""
-    api = urlparse(spawner.hub.api_url)
-    host = api.hostname or "127.0.0.1"
-    if host in ("0.0.0.0", "::", ""):
+    host, port = host_and_port(spawner.hub.api_url)
+    if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
     directory = hub_socket_dir(spawner)
-    await hub_relay.ensure(directory, host, api.port or (443 if api.scheme == "https" else 80))
+    await hub_relay.ensure(directory, host, port)
     return directory
 
 

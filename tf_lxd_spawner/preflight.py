@@ -136,8 +136,17 @@ async def uid_gid(spawner) -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
-def _candidates(spawner, members: list[lxd.Member]) -> list[lxd.Member]:
-    return [m for m in members if m.status == "Online" and m.name not in spawner.excluded_members]
+async def not_on_this_host(spawner, members: list[lxd.Member]) -> list[str]:
+    """Where a server may land that is not the hub's own host: each online member that is not
+    excluded and not this host, or a standalone daemon on another host; [] when none."""
+    if members:
+        candidates = [m for m in members if m.status == "Online" and m.name not in spawner.excluded_members]
+        return [f"member {m.name} ({m.address})" for m in candidates
+                if not await asyncio.to_thread(is_this_host, m.address)]
+    address = urlparse(spawner.lxd_endpoint).hostname if spawner.remote_endpoint else "127.0.0.1"
+    if await asyncio.to_thread(is_this_host, address):
+        return []
+    return [f"the {spawner.backend_info.display} server {address}"]
 
 
 async def hub_api_by_socket(spawner, members: list[lxd.Member], image: dict) -> bool:
@@ -147,13 +156,7 @@ async def hub_api_by_socket(spawner, members: list[lxd.Member], image: dict) -> 
     via = spawner.hub_api_via
     if via == "proxy":
         return False
-    elsewhere = []
-    address = urlparse(spawner.lxd_endpoint).hostname
-    if spawner.remote_endpoint and not members and not await asyncio.to_thread(is_this_host, address):
-        elsewhere = [f"the {spawner.backend_info.display} server {address}"]
-    for m in _candidates(spawner, members):
-        if not await asyncio.to_thread(is_this_host, m.address):
-            elsewhere.append(f"member {m.name} ({m.address})")
+    elsewhere = await not_on_this_host(spawner, members)
     if via == "auto":  # another module may not take hub_socket_dir: it keeps its proxy device
         shipped = spawner.module_source == spawner.trait_defaults("module_source")
         return shipped and not elsewhere and bool(image.get(hub_relay.IMAGE_PROPERTY))
@@ -184,13 +187,7 @@ async def check_members_reach_hub(spawner, members: list[lxd.Member]) -> None:
     host, _, _ = hub_address(spawner)
     if not is_loopback(await asyncio.to_thread(resolve, host)):
         return
-    if members:
-        remote = [f"{m.name} ({m.address})" for m in _candidates(spawner, members)
-                  if not await asyncio.to_thread(is_this_host, m.address)]
-    else:
-        address = urlparse(spawner.lxd_endpoint).hostname if spawner.remote_endpoint else "127.0.0.1"
-        here = await asyncio.to_thread(is_this_host, address)
-        remote = [] if here else [f"the {spawner.backend_info.display} server {address}"]
+    remote = await not_on_this_host(spawner, members)
     if remote:
         api = spawner.hub_connect_url or spawner.hub.api_url
         raise SpawnError(
