@@ -635,10 +635,12 @@ class LxdSpawner(Spawner):
             self._hub_id = await asyncio.to_thread(hub_id, os.path.abspath(self.state_dir))
         return self._hub_id
 
-    async def run_terraform(self, ws: Workspace, command: str, *args: str, **kwargs) -> None:
-        """Run one terraform command in the workspace, logging its events; then re-seal modes."""
+    async def run_terraform(self, ws: Workspace, command: str, *args: str, label: str = "", **kwargs) -> None:
+        """Run one terraform command in the workspace, logging its events (the run log is named
+        by `label` when given, else by the command); then re-seal modes."""
         try:
-            await self.runner.run(command, *args, cwd=ws.path, log_path=ws.run_log(command), **kwargs)
+            await self.runner.run(command, *args, cwd=ws.path, log_path=ws.run_log(label or command),
+                                  label=label, **kwargs)
         finally:
             await ws.seal()
 

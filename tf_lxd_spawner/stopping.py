@@ -104,20 +104,42 @@ async def clean_failed_start(spawner, plan, ws: Workspace, record: dict, stages:
     return ok
 
 
+#: The destroy plan made while the instance shuts down; applied once it is off, then deleted.
+DESTROY_PLAN = "destroy.tfplan"
+
+
 async def destroy(spawner, ws: Workspace, stages: Stages | None = None) -> None:
-    """Remove everything the workspace made, and an instance of ours Terraform does not know."""
+    """Remove everything the workspace made, and an instance of ours Terraform does not know.
+
+    Terraform plans the destroy while the instance shuts down (a plan reads nothing from LXD
+    without a refresh), and then applies that plan: the shutdown hides the plan's own cost
+    (terraform and provider start-ups, 0.3 s), and a saved plan's apply starts the provider
+    twice, not four times."""
     stages = stages or Stages()
     initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
     if initialised:
-        with stages.timed("shutdown"):
-            await _shut_down_first(spawner, ws)
-        with stages.timed("destroy"):
-            await _terraform_destroy(spawner, ws)
+        planning = asyncio.ensure_future(_plan_destroy(spawner, ws))
+        try:
+            with stages.timed("shutdown"):
+                await _shut_down_first(spawner, ws)
+            with stages.timed("destroy"):
+                await _terraform_destroy(spawner, ws, planning)
+        finally:
+            if not planning.done():  # the shutdown failed or this stop was cancelled
+                planning.cancel()
+            await asyncio.gather(planning, return_exceptions=True)  # its terraform has exited
+            await asyncio.to_thread((ws.path / DESTROY_PLAN).unlink, missing_ok=True)
     if spawner.instance:
         info = await lxd.instance(spawner.endpoint, spawner.instance)
         if lxd.made_for(info, ws.path, await spawner.owner_id()):
             await lxd.delete_instance(spawner.endpoint, spawner.instance)
             metrics.ORPHANS_CLEANED.inc()  # ours, but no state held it
+
+
+async def _plan_destroy(spawner, ws: Workspace) -> None:
+    # No refresh: the instance is being stopped (or is gone, which the apply then says).
+    await spawner.run_terraform(ws, "plan", "-destroy", "-refresh=false", f"-out={DESTROY_PLAN}",
+                                env=DESTROY_ENV, label="destroy-plan")
 
 
 async def _shut_down_first(spawner, ws: Workspace) -> None:
@@ -130,11 +152,11 @@ async def _shut_down_first(spawner, ws: Workspace) -> None:
         await lxd.shut_down(spawner.endpoint, spawner.instance, spawner.stop_grace_period)
 
 
-async def _terraform_destroy(spawner, ws: Workspace) -> None:
+async def _terraform_destroy(spawner, ws: Workspace, planning: asyncio.Future) -> None:
     sp = spawner
-    # No refresh: the instance was just stopped (or is gone, which the delete then says).
     try:
-        await sp.run_terraform(ws, "destroy", "-refresh=false", env=DESTROY_ENV)
+        await planning
+        await sp.run_terraform(ws, "apply", DESTROY_PLAN, env=DESTROY_ENV, label="destroy")
     except TerraformError as e:
         info = await lxd.instance(sp.endpoint, sp.instance) if sp.instance else None
         if info is not None:

@@ -182,12 +182,15 @@ class TerraformRunner:
         on_event: EventCallback | None = None,
         log_path: str | Path | None = None,
         check: bool = True,
+        label: str = "",
     ) -> RunResult:
         """Run `binary command args` in cwd; stream its events; raise TerraformError on failure.
 
         `env` is where secrets go (TF_VAR_*): never into argv, which every local user can read.
+        `label` names the run in the metrics when its purpose is not its command (a saved
+        destroy plan's `apply` is a "destroy").
         """
-        async with metrics.terraform_slot(self.gate, command):
+        async with metrics.terraform_slot(self.gate, label or command):
             try:
                 return await self._run(command, args, cwd, env, on_event, log_path, check)
             except TerraformError as e:

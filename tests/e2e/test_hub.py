@@ -113,7 +113,9 @@ def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
         r = hub.api("DELETE", "/users/alice/server")
         assert r.status_code in (202, 204), r.text
         hub.wait_stopped("alice")
-    assert '"terraform", "destroy"' in argv_seen.text
+    # The destroy is planned while the instance shuts down, then that plan is applied.
+    assert '"-destroy", "-refresh=false", "-out=destroy.tfplan"' in argv_seen.text
+    assert '"destroy.tfplan"]' in argv_seen.text  # the apply of that plan
     assert not argv_seen.seen(token)
     assert not lxd_client.instances.exists(name)
     # A stopped server's API token no longer opens anything on the hub.
@@ -129,7 +131,9 @@ def test_stop_removes_container_and_keeps_audit(hub, lxd_client):
         assert r["duration"] > 0
     # No init of its own (share_terraform_init): its .terraform is the hub's one initialised
     # directory for this root module, and that was initialised once.
-    assert sorted(p.name.split("-", 1)[1] for p in (ws / "logs").iterdir()) == ["apply.jsonl", "destroy.jsonl"]
+    logs = sorted(p.name.split("-", 1)[1] for p in (ws / "logs").iterdir())
+    assert logs == ["apply.jsonl", "destroy-plan.jsonl", "destroy.jsonl"]
+    assert not (ws / "destroy.tfplan").exists()  # applied, then deleted
     shared = shared_init_of(hub, ws)
     assert len(list((shared / "logs").glob("*-init.jsonl"))) == 1
 
