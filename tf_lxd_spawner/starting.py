@@ -12,7 +12,7 @@ from pathlib import Path
 from jupyterhub.utils import maybe_future
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import audit, commands, initialising, lxd, metrics, provider, storage
+from . import audit, commands, initialising, lxd, metrics, provider, stopping, storage
 from .errors import SpawnError
 from .module_inputs import container_env, hub_address, module_inputs
 from .placement import NoMemberAvailable, eligible, least_loaded, reservations, restricted
@@ -165,6 +165,7 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
                 sp.lxd_key, sp.lxd_verify, sp.state_dir)
             main_tf = render_root(sp.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
             needs_init = await ws.prepare(main_tf, inputs)
+            await asyncio.to_thread(_remove_stale_plans, ws)
         if needs_init:
             bar.emit(10, "Initialising Terraform")
             with stages.timed("init"):
@@ -214,6 +215,13 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
                     "resumed": resuming, **stages.record(), **await audit.versions(sp, ws)})
     bar.emit(90, f"Server at {url} {'answers' if sp.wait_for_server else 'is starting'}")
     return url
+
+
+def _remove_stale_plans(ws: Workspace) -> None:
+    """Plans a hub killed mid-operation left behind (a resume's check, a stop's destroy): never
+    to be applied now, and they may hold what the state held."""
+    for name in (RESUME_PLAN, stopping.DESTROY_PLAN):
+        (ws.path / name).unlink(missing_ok=True)
 
 
 async def _apply(spawner, plan, ws: Workspace, secrets: dict, saved_plan: Path | None = None) -> None:

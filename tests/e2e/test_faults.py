@@ -169,7 +169,11 @@ def test_container_deleted_behind_the_spawners_back(hub, lxd_client):
     # The destroy planned during the shutdown could not delete what was gone: the instance was
     # forgotten (state rm), and the plan file did not outlive the stop.
     assert list((ws / "logs").glob("*-state-rm.jsonl")) and not (ws / "destroy.tfplan").exists()
+    # Plans a hub killed mid-stop or mid-resume would leave: the next start removes them.
+    for stale in ("destroy.tfplan", "resume.tfplan"):
+        (ws / stale).write_bytes(b"stale")
     spawn_ready(hub, "vanish")
+    assert not (ws / "destroy.tfplan").exists() and not (ws / "resume.tfplan").exists()
     stop(hub, "vanish")
 
 
