@@ -4,6 +4,8 @@
     tf-lxd-spawner audit    [--user U] ...
     tf-lxd-spawner orphans  [--destroy] [--json] ...   exit 0: none found (or all cleaned), 1: found
     tf-lxd-spawner doctor   [--json] [--lxd-endpoint E ...]  exit 0: every check passed, 1: one failed
+    tf-lxd-spawner adopt-volume --user U --volume V   give a volume kept with a deleted user
+                            (delete_storage = False) back to the new user of that name
 
 -f reads the settings of jupyterhub_config.py, as the hub would (defaults and validation are
 the spawner's own); options on the command line override them.
@@ -20,9 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse, urlunparse
 
-from . import backends, doctor, lxd, orphans
+from . import backends, doctor, lxd, naming, orphans
 from . import state as server_state
-from .storage import VOLUMES_DIR
+from .storage import RELEASED_KEY, VOLUMES_DIR
 from .terraform import TerraformRunner, pick_binary
 from .workspace import StateUnreadable, Workspace
 
@@ -136,12 +138,45 @@ def cmd_audit(args, settings) -> int:
     return 0
 
 
-def cmd_orphans(args, settings) -> int:
+def _endpoint(settings) -> lxd.Endpoint:
     backend = backends.BACKENDS[settings["backend"]]
-    endpoint = lxd.Endpoint(url=backends.endpoint_url(backend, settings["lxd_endpoint"]),
-                            cert=settings["lxd_cert"] or None, key=settings["lxd_key"] or None,
-                            verify=settings["lxd_verify"],
-                            timeout=float(settings["lxd_timeout"]), daemon=backend.display)
+    return lxd.Endpoint(url=backends.endpoint_url(backend, settings["lxd_endpoint"]),
+                        cert=settings["lxd_cert"] or None, key=settings["lxd_key"] or None,
+                        verify=settings["lxd_verify"], timeout=float(settings["lxd_timeout"]), daemon=backend.display)
+
+
+def cmd_adopt_volume(args, settings) -> int:
+    """A user was deleted with delete_storage = False and a new user of the same name is refused
+    the kept volume (it may be someone else). The operator, having checked, gives it back: its
+    archived workspace returns to its place and the volume's `released` mark goes."""
+    volumes = Path(os.path.abspath(settings["state_dir"])) / naming.path_component(args.user) / VOLUMES_DIR
+    place = volumes / args.volume
+    archived = sorted(volumes.glob(f"{args.volume}.released-*"))
+    if place.exists():
+        print(f"error: {place} exists: the volume is already this user's (or another is there)", file=sys.stderr)
+        return 2
+    if not archived:
+        print(f"error: no released volume {args.volume!r} of user {args.user!r} under {volumes}", file=sys.stderr)
+        return 2
+    ws = Workspace(archived[-1])
+    inputs, outputs = ws.saved_inputs(), ws.state_outputs()
+    where = outputs.get("location") if outputs.get("location") not in (None, "", "none") else None
+    try:
+        asyncio.run(lxd.patch_volume_config(_endpoint(settings), inputs.get("pool") or "default", args.volume,
+                                            where, {RELEASED_KEY: ""}))
+    except lxd.LxdUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.rename(ws.path, place)
+    asyncio.run(Workspace(place).audit({"operation": "volume-adopt", "user": args.user, "volume": args.volume,
+                                        "from": str(ws.path), "outcome": "ok",
+                                        "note": "given back to the user of this name by an operator"}))
+    print(f"{args.volume}: given back to {args.user} ({ws.path} -> {place}); their next start mounts it")
+    return 0
+
+
+def cmd_orphans(args, settings) -> int:
+    endpoint = _endpoint(settings)
     grace = float(settings["orphan_grace_period"])
     env = {"TF_CLI_CONFIG_FILE": settings["terraform_cli_config"]} if settings["terraform_cli_config"] else {}
     runner = TerraformRunner(pick_binary(settings["terraform_path"]), env=env)
@@ -219,6 +254,11 @@ def main(argv=None) -> int:
     doc = sub.add_parser("doctor", help="check this host is ready to spawn: one line per check, with the fix")
     doc.add_argument("--json", action="store_true", help="print the checks as JSON")
     _daemon_options(doc)
+    adopt = sub.add_parser("adopt-volume", help="give a home volume kept with a deleted user (delete_storage = "
+                           "False) back to the new user of the same name")
+    adopt.add_argument("--user", required=True, help="the JupyterHub user")
+    adopt.add_argument("--volume", required=True, help="the volume's name (the refused spawn's log names it)")
+    _daemon_options(adopt)
     args = parser.parse_args(argv)
     try:
         spawner = spawner_from(args)
@@ -227,7 +267,8 @@ def main(argv=None) -> int:
         return 2
     if args.command == "doctor":
         return cmd_doctor(args, spawner)
-    return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans}[args.command](args, _settings(spawner))
+    return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans,
+            "adopt-volume": cmd_adopt_volume}[args.command](args, _settings(spawner))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import modules
 from .workspace import Workspace, write_private
 
 SHARED_DIR = "_terraform-init"
@@ -74,3 +75,18 @@ def link(workspace: Path, shared: Path) -> None:
     mine = workspace / LOCK_FILE
     if not mine.exists() or mine.read_text() != lock:
         write_private(mine, lock)
+
+
+async def repoint(spawner, ws: Workspace, source: str) -> None:
+    """A workspace whose main.tf names a module that is gone (rendered by a release installed
+    elsewhere) is pointed at the current module's copy and initialised again, so its server or
+    volume can still be stopped or deleted; audited."""
+    pinned = await asyncio.to_thread(modules.pin, spawner.state_dir, source)
+    changed = await asyncio.to_thread(modules.repoint, ws.path, pinned)
+    if changed is None:
+        return
+    old, main_tf = changed
+    spawner.log.warning("%s: its module %s is gone; using %s", ws.path, old, pinned)
+    await ws.audit({"operation": "module-repointed", "user": spawner.user.name, "server": spawner.name or "",
+                    "from": old, "to": pinned, "outcome": "ok"})
+    await initialise(spawner, ws, main_tf)

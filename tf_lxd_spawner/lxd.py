@@ -466,6 +466,7 @@ class VolumeInfo:
     location: str  # the member it is on; "" on a standalone server
     config: dict
     used_bytes: int | None = None
+    used_by: tuple = ()  # instances (URLs) that have it attached
 
 
 #: Drivers whose volumes every cluster member reaches (a volume on them belongs to no member).
@@ -483,7 +484,8 @@ def _volume(client: pylxd.Client, pool: str, name: str, target: str | None, usag
         state = _or_none(lambda: path.state.get(params=params).json().get("metadata")) or {}
         used = (state.get("usage") or {}).get("used")
     location = data.get("location") or ""
-    return VolumeInfo(name, pool, "" if location == "none" else location, data.get("config") or {}, used)
+    return VolumeInfo(name, pool, "" if location == "none" else location, data.get("config") or {}, used,
+                      tuple(data.get("used_by") or ()))
 
 
 async def volume(endpoint: Endpoint, pool: str, name: str, target: str | None = None,

@@ -2,8 +2,20 @@
 and directory names (workspaces, and {username}/{servername} in host paths).
 
 JupyterHub names can hold anything (quotes, `${...}`, non-ASCII, 80+ characters). LXD allows
-letters, digits and hyphens, at most 63, starting with a letter. Whenever cleaning changed a
-name (or cut it), a short hash of the original is appended, so two users never share a name.
+letters, digits and hyphens, at most 63, starting with a letter. An instance or volume name
+stays as the template gives it only when that is already valid and user and server names are
+plain ([a-z0-9], no hyphen, not 8 hex digits); otherwise `-<8 hex>` (a hash of template, user
+and server name) is appended to the cleaned, cut name.
+
+Why distinct (user, server) pairs get distinct names, for templates whose placeholders are
+separated by hyphens ("jupyter-{username}-{servername}", "jupyter-{username}" for a default
+server, "home-{username}[-{servername}]"): a plain name's hyphens are the template's own, so
+splitting it gives back the user and server names (hyphens in names made "a-b" and "a"/"b"
+alike); a hashed name is its head and its hash, so two are equal only when the hashes are;
+and a plain name never ends in `-<8 hex>` as a hashed one always does, so the two kinds
+never meet. What remains is a hash collision (32 bits): the spawner refuses an instance or
+volume whose labels name another server's workspace, so a collision is refused, never shared
+(except a per-server volume of the same user, whose workspace is named after the volume).
 """
 
 from __future__ import annotations
@@ -33,18 +45,43 @@ def _ascii_fold(text: str) -> str:
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
-def instance_name(template: str, username: str, servername: str = "") -> str:
-    """Expand `template` ({username}, {servername}) into a valid, unique LXD instance name."""
-    raw = template.format(username=username, servername=servername)
+_HASH_LIKE = re.compile(rf"[0-9a-f]{{{_HASH_LEN}}}")
+_HASHED_TAIL = re.compile(rf"-[0-9a-f]{{{_HASH_LEN}}}$")
+
+
+def _lxd_clean(raw: str) -> str:
     cleaned = re.sub(r"[^a-z0-9]+", "-", _ascii_fold(raw).lower()).strip("-")
     if not cleaned or not cleaned[0].isalpha():
         cleaned = f"j-{cleaned}".rstrip("-")
-    exact = cleaned == raw
-    if exact and len(cleaned) <= LXD_NAME_MAX:
-        return cleaned
-    suffix = _digest(template, username, servername)
+    return cleaned
+
+
+def _hashed(cleaned: str, template: str, username: str, servername: str) -> str:
     head = cleaned[: LXD_NAME_MAX - _HASH_LEN - 1].rstrip("-")
-    return f"{head}-{suffix}"
+    return f"{head}-{_digest(template, username, servername)}"
+
+
+def instance_name(template: str, username: str, servername: str = "") -> str:
+    """Expand `template` ({username}, {servername}) into a valid LXD instance (or volume) name,
+    distinct for distinct names (see the module docstring): kept as it is for plain names,
+    else with a hash appended."""
+    raw = template.format(username=username, servername=servername)
+    cleaned = _lxd_clean(raw)
+    ambiguous = any("-" in n or _HASH_LIKE.fullmatch(n) for n in (username, servername))
+    if cleaned == raw and len(cleaned) <= LXD_NAME_MAX and not ambiguous and not _HASHED_TAIL.search(cleaned):
+        return cleaned
+    return _hashed(cleaned, template, username, servername)
+
+
+def legacy_instance_name(template: str, username: str, servername: str = "") -> str:
+    """The name earlier releases gave (a hash only when cleaning changed the name or cut it):
+    kept so that volumes and instances named by them are still found. Not injective: "a-b"'s
+    default server and "a"'s server "b" both got "jupyter-a-b"."""
+    raw = template.format(username=username, servername=servername)
+    cleaned = _lxd_clean(raw)
+    if cleaned == raw and len(cleaned) <= LXD_NAME_MAX:
+        return cleaned
+    return _hashed(cleaned, template, username, servername)
 
 
 def posix_username(username: str) -> str:

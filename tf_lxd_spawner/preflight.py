@@ -97,7 +97,7 @@ async def run(spawner) -> Plan:
 
 async def check_storage(spawner) -> "storage.Volume":
     """The home volume's settings make sense and its pool exists."""
-    vol = await storage.recorded_volume(spawner, storage.volume_for(spawner))
+    vol = await storage.resolve(spawner)
     try:
         storage.size_bytes(vol.size)
     except ValueError as e:

@@ -9,16 +9,20 @@ The choice reaches the spawner as user_options, from the form or the REST API al
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import jinja2
 from jupyterhub.utils import maybe_future
+from traitlets import TraitError
 
 from .inputs import ConfigError
 
-UNLISTED = "unlisted_choice"  # the value an option takes when its free-text field is used
+UNLISTED = "unlisted-choice"  # an option's value when its free-text field is used: KubeSpawner's form sends it
+# ...and so does ours, which sent "unlisted_choice" before (REST clients copied that): both are read.
+UNLISTED_VALUES = (UNLISTED, "unlisted_choice")
 UNLISTED_SUFFIX = "--unlisted-choice"
 OVERRIDE_KEYS = ("spawner_override", "kubespawner_override")  # the same thing under both names
 
@@ -47,10 +51,12 @@ class Option:
     unlisted: Unlisted | None = None
 
     def default_choice(self) -> str:
+        """The choice taken when none is given; "" when nothing is listed (only the user's own
+        text can be the value)."""
         for choice in self.choices:
             if choice.default:
                 return choice.slug
-        return self.choices[0].slug if self.choices else UNLISTED
+        return self.choices[0].slug if self.choices else ""
 
 
 @dataclass(frozen=True)
@@ -70,10 +76,12 @@ class Profile:
 @dataclass(frozen=True)
 class Selection:
     """One spawn's choice: the profile, each option's value as chosen, and the overrides to
-    apply, in order (the profile's, then each option's): later layers win."""
+    apply, in order (the profile's, then each option's): later layers win. `unlisted` names
+    the options whose value is the user's own text (which may look like a listed slug)."""
     profile: Profile
     values: dict[str, str]
     overrides: tuple[Mapping, ...]
+    unlisted: frozenset[str] = frozenset()
 
 
 def slugify(display_name: str) -> str:
@@ -122,6 +130,8 @@ def _option(name: str, raw, where: str) -> Option:
     choices = []
     for slug, choice in choices_raw.items():
         cw = f"{where}.choices[{slug!r}]"
+        if slug in UNLISTED_VALUES:
+            raise ConfigError(f"{cw}: {slug!r} cannot be a choice's slug (it stands for the unlisted choice)")
         choice = _mapping(choice, cw)
         choices.append(Choice(str(slug), str(choice.get("display_name") or slug), bool(choice.get("default")),
                               _override(choice, cw)))
@@ -222,7 +232,7 @@ def select(profiles: list[Profile], user_options: Mapping, user_groups: Iterable
         if profile not in mine:
             raise ConfigError(f"profile {wanted!r} is not available to you (it is limited to the groups "
                               f"{list(profile.groups)})")
-    values, overrides = {}, [profile.override]
+    values, overrides, unlisted = {}, [profile.override], set()
     for option in profile.options:
         chosen = user_options.get(option.name)
         text = user_options.get(option.name + UNLISTED_SUFFIX)
@@ -230,7 +240,7 @@ def select(profiles: list[Profile], user_options: Mapping, user_groups: Iterable
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"option {key!r} of profile {profile.slug!r} must be a string, "
                                   f"not {type(value).__name__}")
-        if text and chosen in (None, "", UNLISTED):
+        if text:  # KubeSpawner's rule: the text wins whenever it is given, whatever the option says
             if option.unlisted is None:
                 raise ConfigError(f"option {option.name!r} of profile {profile.slug!r} takes no value of your own "
                                   f"(you gave {text!r}); choose one of {[c.slug for c in option.choices]}")
@@ -239,24 +249,28 @@ def select(profiles: list[Profile], user_options: Mapping, user_groups: Iterable
                 why = option.unlisted.validation_message or f"it must match {regex!r}"
                 raise ConfigError(f"option {option.name!r} of profile {profile.slug!r}: {text!r} is refused: {why}")
             values[option.name] = text
+            unlisted.add(option.name)
             overrides.append(_fill(option.unlisted.override, text))
             continue
         if chosen in (None, ""):
             chosen = option.default_choice()
-            if chosen == UNLISTED:
-                raise ConfigError(f"option {option.name!r} of profile {profile.slug!r} needs a value of your own")
+        if not chosen or (chosen in UNLISTED_VALUES and option.unlisted is not None):
+            raise ConfigError(f"option {option.name!r} of profile {profile.slug!r} needs a value of your own "
+                              f"(in {option.name + UNLISTED_SUFFIX!r})")
         choice = next((c for c in option.choices if c.slug == chosen), None)
         if choice is None:
             raise ConfigError(f"option {option.name!r} of profile {profile.slug!r} has no choice {chosen!r}; "
                               f"choose one of {[c.slug for c in option.choices]}")
         values[option.name] = choice.slug
         overrides.append(choice.override)
-    return Selection(profile, values, tuple(overrides))
+    return Selection(profile, values, tuple(overrides), frozenset(unlisted))
 
 
 def from_form(formdata: Mapping[str, list]) -> dict:
     """The form's fields as user_options: the chosen profile's option fields only (the form
-    shows every profile's, so that it works without JavaScript)."""
+    shows every profile's, so that it works without JavaScript). Without JavaScript the text
+    field is sent even when its select names a listed choice (it may still hold the last
+    text): then it is dropped, since the text would win."""
     slug = (formdata.get("profile") or [""])[0]
     options: dict[str, str] = {"profile": slug} if slug else {}
     prefix = f"profile-option-{slug}--"
@@ -264,7 +278,12 @@ def from_form(formdata: Mapping[str, list]) -> dict:
         if slug and key.startswith(prefix) and values:
             name, value = key[len(prefix):], str(values[0]).strip()
             if value:
-                options[name] = value
+                sentinel = value in UNLISTED_VALUES and not name.endswith(UNLISTED_SUFFIX)
+                options[name] = UNLISTED if sentinel else value
+    for name in [n for n in options if n.endswith(UNLISTED_SUFFIX)]:
+        listed = options.get(name[:-len(UNLISTED_SUFFIX)])
+        if listed is not None and listed != UNLISTED:
+            del options[name]
     return options
 
 
@@ -274,22 +293,54 @@ _form = jinja2.Environment(loader=jinja2.PackageLoader("tf_lxd_spawner", "templa
 
 def render_form(profiles: list[Profile], last: Mapping | None) -> str:
     """The form for the profiles this user may choose, with the server's last choice (its
-    saved user_options) selected; "" when there is nothing to choose."""
+    saved user_options) selected; "" when there is nothing to choose. Each option's field is
+    (the select's value, the text field's): the text is the user's own or empty."""
     if not profiles or (len(profiles) == 1 and not profiles[0].options):
         return ""
     last = dict(last or {})
     selected = next((p for p in profiles if p.slug == last.get("profile")), None) or default_profile(profiles)
-    values: dict[str, dict[str, str]] = {}
+    fields = {p.slug: {o.name: (o.default_choice(), "") for o in p.options} for p in profiles}
     if selected.slug == last.get("profile") or not last.get("profile"):
         try:
-            values[selected.slug] = select(profiles, {**last, "profile": selected.slug}, _all_groups(profiles)).values
+            chosen = select(profiles, {**last, "profile": selected.slug}, _all_groups(profiles))
         except ConfigError:
-            pass  # the last choice is no longer on offer: the defaults
-    return _form.render(profiles=profiles, selected=selected, values=values)
+            chosen = None  # the last choice is no longer on offer: the defaults
+        if chosen is not None:
+            fields[selected.slug] = {name: (UNLISTED, value) if name in chosen.unlisted else (value, "")
+                                     for name, value in chosen.values.items()}
+    return _form.render(profiles=profiles, selected=selected, fields=fields, unlisted_value=UNLISTED)
 
 
 def _all_groups(profiles: list[Profile]) -> set[str]:
     return {g for p in profiles for g in p.groups}
+
+
+def _copy(value):
+    """dicts and lists copied at any depth, anything else shared: the operator's values are
+    never changed in place, and a callable (or a bound method's object) is not copied."""
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _merged(base: Mapping, extra: Mapping) -> dict:
+    """KubeSpawner's recursive_update, on a copy: nested dicts merge, None deletes a key, a
+    dict that ends up empty is dropped, anything else replaces."""
+    merged = _copy(base)
+    for key, value in extra.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping):
+            inner = _merged(merged[key] if isinstance(merged.get(key), Mapping) else {}, value)
+            if inner:
+                merged[key] = inner
+            else:
+                merged.pop(key, None)
+        else:
+            merged[key] = _copy(value)
+    return merged
 
 
 def _merged_variables(base, extra: Mapping):
@@ -297,17 +348,33 @@ def _merged_variables(base, extra: Mapping):
     result they merge into)."""
     if callable(base):
         async def merged(spawner):
-            return {**(await maybe_future(base(spawner)) or {}), **extra}
+            return _merged(await maybe_future(base(spawner)) or {}, extra)
         return merged
-    return {**(base or {}), **extra}
+    return _merged(base or {}, extra)
+
+
+def _takes_callable(spawner, key: str, value) -> bool:
+    """Whether the setting itself takes this callable (placement, get_uid_gid, module_variables,
+    hooks): then it is the new value; elsewhere a callable is called with the spawner for the
+    value, as KubeSpawner does."""
+    validate = getattr(spawner.traits()[key], "validate", None)
+    if validate is None:  # Any
+        return True
+    try:
+        validate(spawner, value)
+    except TraitError:
+        return False
+    return True
 
 
 def apply_overrides(spawner, layers: Iterable[Mapping], saved: dict, where: str) -> list[str]:
     """Set each layer's settings on the spawner, in order (later layers win), as KubeSpawner's
-    kubespawner_override does: a callable value is called with the spawner; module_variables
-    merge. Before the first change of a setting its value is put in `saved`, so the next
-    start restores it before applying another profile (the spawner object outlives a
-    start). Returns the settings changed; a key that is no setting of the spawner is refused."""
+    kubespawner_override does: a callable value is called with the spawner (unless the setting
+    takes a callable); a dict merges into a dict-valued setting (module_variables also into a
+    callable's result). Before the first change of a setting a copy of its value is put in
+    `saved`, so the next start restores it before applying another profile (the spawner object
+    outlives a start). Returns the settings changed; a key that is no setting of the spawner
+    is refused."""
     settable = set(spawner.trait_names(config=True))
     changed = []
     for layer in layers:
@@ -315,11 +382,16 @@ def apply_overrides(spawner, layers: Iterable[Mapping], saved: dict, where: str)
             if key not in settable:
                 raise ConfigError(f"{where}: overrides {key!r}, which is not a setting of {type(spawner).__name__} "
                                   "(a KubeSpawner-only setting has no equivalent here); remove it from the profile")
-            if callable(value) and key != "module_variables":
+            if callable(value) and not _takes_callable(spawner, key, value):
                 value = value(spawner)
-            saved.setdefault(key, getattr(spawner, key))
+            current = getattr(spawner, key)
+            saved.setdefault(key, _copy(current))
             if key == "module_variables" and isinstance(value, Mapping):
-                value = _merged_variables(getattr(spawner, key), value)
+                value = _merged_variables(current, value)
+            elif isinstance(value, Mapping) and isinstance(current, Mapping):
+                value = _merged(current, value)
+            else:
+                value = _copy(value)
             try:
                 setattr(spawner, key, value)
             except Exception as e:  # traitlets' TraitError: a value of the wrong kind
@@ -333,3 +405,40 @@ def restore(spawner, saved: dict) -> None:
     for key, value in saved.items():
         setattr(spawner, key, value)
     saved.clear()
+
+
+def applied_values(spawner, saved: dict) -> dict:
+    """The current values of the settings a profile changed (the names in `saved`) that can be
+    kept in the server's state (JSON), so that a restarted hub sets them again for a server
+    still running (its stop uses them); callables and other objects are left out."""
+    values = {}
+    for key in saved:
+        value = getattr(spawner, key)
+        if callable(value):
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        values[key] = _copy(value)
+    return values
+
+
+def reapply(spawner, values: Mapping, saved: dict) -> list[str]:
+    """applied_values() set again (after a hub restart), their originals put in `saved` as
+    apply_overrides does, so restore() undoes them. A name that is no setting of the spawner,
+    or a value it refuses (the configuration changed since), is skipped: an old state must not
+    stop the hub from loading."""
+    settable = set(spawner.trait_names(config=True))
+    changed = []
+    for key, value in values.items():
+        if key not in settable:
+            continue
+        current = getattr(spawner, key)
+        try:
+            setattr(spawner, key, _copy(value))
+        except Exception:  # traitlets' TraitError, or a validator's own
+            continue
+        saved.setdefault(key, _copy(current))
+        changed.append(key)
+    return changed

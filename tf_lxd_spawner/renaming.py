@@ -1,6 +1,8 @@
 """JupyterHub 6's rename of a stopped named server: its workspace (the audit record of the
 server) moves to the new name's directory, with a `rename` record; a per-server home volume
-keeps its name and stays the server's (its record names it, see storage.recorded_volume).
+keeps its name and stays the server's: its record names it, and its workspace's owner becomes
+the new name, so a new server under the old name gets a volume of its own, never this one's
+(storage.resolve).
 
 Refused, with the reason, while anything of the server exists in LXD (a kept container, or
 one whose clean-up failed): their Terraform state and labels name the old workspace, and
@@ -11,10 +13,10 @@ would lose its files.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 
 from . import state as server_state
+from . import storage
 from .errors import SpawnError
 from .workspace import Workspace, workspace_path
 
@@ -44,7 +46,13 @@ async def rename(spawner, old: str, new: str) -> None:
         await asyncio.to_thread(new_path.parent.mkdir, mode=0o700, parents=True, exist_ok=True)
         await asyncio.to_thread(os.rename, old_ws.path, new_path)
         moved = Workspace(new_path)
-        await asyncio.to_thread(server_state.write, new_path, dataclasses.replace(record, workspace=str(new_path)))
+        await asyncio.to_thread(server_state.write, new_path, record.renamed(str(new_path)))
+        volume = await asyncio.to_thread(storage.from_workspace, record.volume) if record.volume else None
+        # Per-server (a default server's volume made by 0.1.0 looks shared: the template says)
+        if volume is not None and (not volume.shared or "{servername}" in spawner.storage_name_template):
+            await asyncio.to_thread(storage.set_owner, volume.workspace, spawner.user.name, new, False)
+            await Workspace(volume.workspace).audit({"operation": "rename", "user": spawner.user.name, "server": new,
+                                                     "from": old, "to": new, "volume": volume.name, "outcome": "ok"})
         await moved.audit({"operation": "rename", "user": spawner.user.name, "server": new, "from": old,
                            "to": new, "outcome": "ok", "workspace_from": str(old_ws.path)})
     spawner.log.info("Renamed the workspace of %s to %s", label, new_path)

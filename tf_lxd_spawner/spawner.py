@@ -747,12 +747,19 @@ class LxdSpawner(Spawner):
             await self._audit_refusal(ws, error, stages)
             raise error from None
         resuming = current.resumable
+        if resuming and await lxd.instance(self.endpoint, current.instance) is None:
+            current = await self._forget_vanished(ws, current)
+            resuming = False
         instance = current.instance if resuming else self.instance_name()
         if resuming and self.plan.hub_socket and self.hub_api_via == "auto":
             self.plan.hub_socket = await preflight.resumed_by_socket(self, instance)
         volume = str(self.plan.volume.workspace) if self.plan.volume is not None else ""
-        await self._commit(ws, current.creating(instance, str(ws.path), self.chosen_image, resuming, volume))
-        attempt = starting.Attempt(resuming=resuming)
+        # A kept instance that never had a home volume gets its home's files copied into it: the
+        # record names the volume only once that is done, so a failed copy is tried again.
+        import_home = resuming and bool(volume) and not current.volume
+        await self._commit(ws, current.creating(instance, str(ws.path), self.chosen_image, resuming,
+                                                "" if import_home else volume))
+        attempt = starting.Attempt(resuming=resuming, import_home=import_home)
         try:
             url = await starting.start(self, self.plan, ws, stages, attempt)
         except asyncio.CancelledError as e:
@@ -781,9 +788,27 @@ class LxdSpawner(Spawner):
             if error is None:
                 raise  # BaseException (CancelledError, KeyboardInterrupt...) stays what it is
             raise error from e
-        await self._commit(ws, self.record.running(attempt.member, url, attempt.listen_address,
-                                                   attempt.listen_port, keep_on_stop=not self.remove))
+        await self._commit(ws, self.record.running(
+            attempt.member, url, attempt.listen_address, attempt.listen_port, keep_on_stop=not self.remove,
+            settings=profiles.applied_values(self, self._profile_saved), profile=self.profile,
+            volume=str(self.plan.volume.workspace) if self.plan.volume is not None else self.record.volume))
         return url
+
+    async def _forget_vanished(self, ws: Workspace, current: ServerState) -> ServerState:
+        """A kept instance deleted outside the hub (by hand on the daemon, or by another tool):
+        its Terraform state still names it, and resuming it would fail at every start. Say so,
+        audit it, forget it, and let this start make a new one (the home volume is untouched)."""
+        volume = "; the home volume is kept" if self.plan.volume is not None else ""
+        note = (f"the kept instance {current.instance} was deleted outside the hub: whatever was only in "
+                f"it is gone{volume}; a new instance is made")
+        self.log.warning("%s: %s", self.user.name, note)
+        forgotten = await self.runner.forget_containers(ws.path, log_path=ws.run_log("state-rm"))
+        await ws.audit({"operation": "vanished", **audit.server_fields(self), "instance": current.instance,
+                        "outcome": "ok", "note": note, "forgotten": forgotten})
+        self.progress_bar.emit(4, f"Your kept server {current.instance} no longer exists (it was deleted outside "
+                                  f"JupyterHub){volume}: making a new one")
+        await self._commit(ws, current.vanished())
+        return self.record
 
     async def _failed_start(self, ws: Workspace, stages: Stages, attempt, e: BaseException) -> SpawnError | None:
         """Undo a failed start (a kept instance is stopped and kept, anything new destroyed),
@@ -844,7 +869,8 @@ class LxdSpawner(Spawner):
         if not await asyncio.to_thread(ws.path.exists):
             return ServerState(workspace=str(ws.path))
         resources = await asyncio.to_thread(ws.state_resources)
-        return server_state.legacy(resources, self.instance_name(), str(ws.path), keep=not self.remove)
+        named = (await asyncio.to_thread(ws.state_outputs)).get("instance_name") if resources else None
+        return server_state.legacy(resources, named or self.instance_name(), str(ws.path), keep=not self.remove)
 
     async def _commit(self, ws: Workspace | None, record: ServerState) -> None:
         """The one place a server's record changes: in memory (get_state saves it with the hub)
@@ -861,7 +887,7 @@ class LxdSpawner(Spawner):
         self.record = current
         if current.phase not in (Phase.CREATING, Phase.FAILED, Phase.RUNNING):
             return current
-        keeps = current.keeps_files or (current.phase is Phase.RUNNING and not self.remove)
+        keeps = current.keeps_files  # what the server was started with decides, not today's settings
         try:
             await recovery.settle(self, ws, current.phase.value, keeps)
         except Exception as e:
@@ -894,7 +920,7 @@ class LxdSpawner(Spawner):
             if reason is None:
                 if location and location != self.record.member:  # moved (e.g. evacuated)
                     self.log.info("%s is now on %s (was %s)", self.instance, location, self.record.member or "-")
-                    await self._commit(self.workspace_dir(), dataclasses.replace(self.record, member=location))
+                    await self._commit(self.workspace_dir(), self.record.moved(location))
                 return None
             try:
                 await self._stop(reason=f"found dead by poll: {reason}")
@@ -946,7 +972,7 @@ class LxdSpawner(Spawner):
             if current.phase in (Phase.CREATING, Phase.FAILED):
                 await self._settle(ws, current, "stop")
             elif current.phase is Phase.RUNNING:
-                keep = not self.remove
+                keep = current.keeps_files  # as the server was started (its profile), not today's remove
                 try:
                     await stopping.stop(self, ws, keep, reason)
                 except Exception as e:
@@ -981,9 +1007,11 @@ class LxdSpawner(Spawner):
             await self._commit(None, ServerState())
         vol = await asyncio.to_thread(storage.from_workspace, used) if used else None
         if vol is None and self.storage_enabled:
-            vol = storage.volume_for(self)
+            vol = await storage.resolve(self)
         if vol is not None:
-            if not vol.shared or not self.name:
+            # A shared volume goes with the user (the default server's deletion), after every
+            # other server that has it attached: the last of them deletes it when it was deferred.
+            if not vol.shared or not self.name or await asyncio.to_thread(storage.delete_pending, vol):
                 await (storage.delete(self, vol) if self.delete_storage else storage.release(self, vol))
 
     async def rename(self, old_name, new_name):
@@ -999,7 +1027,13 @@ class LxdSpawner(Spawner):
 
     def load_state(self, state):
         super().load_state(state)
-        self.record = ServerState.from_dict(state)
+        # A state from before records: the configuration now is all there is to know whether the
+        # instance holds the user's files (remove = False then, and now).
+        self.record = ServerState.from_dict(state, keeps_files_before_records=not self.remove)
+        if self.record.settings and self.record.phase is not Phase.NONE:
+            # The server was started with its profile's settings: a stop after a hub restart must
+            # do what that start promised (remove, lxd_endpoint, backend ...).
+            profiles.reapply(self, self.record.settings, self._profile_saved)
         self.chosen_image = self.record.image or self.chosen_image
         if self.record.listen_port and self.record.phase in (Phase.RUNNING, Phase.FAILED):
             ports.claim(self.record.listen_address, self.record.listen_port)

@@ -12,7 +12,7 @@ from pathlib import Path
 from jupyterhub.utils import maybe_future
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from . import audit, commands, initialising, lxd, metrics, provider, stopping, storage
+from . import audit, commands, initialising, lxd, metrics, modules, provider, stopping, storage
 from .errors import SpawnError
 from .module_inputs import container_env, hub_address, module_inputs
 from .placement import NoMemberAvailable, eligible, least_loaded, reservations, restricted
@@ -30,6 +30,8 @@ class Attempt:
     """What one start chose and made so far: read by the spawner after it succeeds or fails
     (which port to release, which member it went to), written only here."""
     resuming: bool = False
+    #: A kept instance gets its home volume for the first time: copy its home's files into it.
+    import_home: bool = False
     target: str | None = None
     listen_address: str = "127.0.0.1"
     listen_port: int | None = None
@@ -163,7 +165,8 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
             provider_settings = await asyncio.to_thread(
                 provider.settings, sp.provider_refresh_interval, sp.endpoint_url, sp.lxd_cert,
                 sp.lxd_key, sp.lxd_verify, sp.state_dir)
-            main_tf = render_root(sp.module_source, [*inputs, *SECRET_INPUTS], provider_settings)
+            source = await asyncio.to_thread(modules.pin, sp.state_dir, sp.module_source)
+            main_tf = render_root(source, [*inputs, *SECRET_INPUTS], provider_settings)
             needs_init = await ws.prepare(main_tf, inputs)
             await asyncio.to_thread(_remove_stale_plans, ws)
         if needs_init:
@@ -198,6 +201,9 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
             bar.emit(80, f"Starting {'kept ' if resuming else ''}instance {sp.instance}")
             with stages.timed("start"):
                 await lxd.start(sp.endpoint, sp.instance)
+        if resuming and attempt.import_home and plan.volume is not None:
+            with stages.timed("home-import"):
+                await storage.import_home(sp, plan.volume, sp.instance, ws)
         attempt.member = outputs.get("location") or plan.target or ""
         with stages.timed("address"):  # instance-ip: may wait for the instance's IPv4
             url = attempt.url = await connect_url(sp, plan, outputs)

@@ -30,6 +30,10 @@ from pathlib import Path
 from .workspace import write_private
 
 STATE_FILE = "server-state.json"
+#: The record's format: 2 since 0.2.0 (format, settings, profile). A record without one was
+#: written by 0.1.0 (phases, no settings); a hub state without a phase by a release before
+#: records (its `remove` then is the only knowledge of whether the instance holds files).
+FORMAT = 2
 
 
 class Phase(str, enum.Enum):
@@ -64,6 +68,12 @@ class ServerState:
     volume: str = ""
     error: str = ""
     since: str = ""
+    #: The settings this server was started with that differ from the configuration (its
+    #: profile's overrides, JSON values only): a restarted hub applies them again when it loads
+    #: the server, so a stop after the restart does what the start promised.
+    settings: dict = dataclasses.field(default_factory=dict)
+    profile: str = ""
+    format: int = FORMAT
 
     # -- questions ------------------------------------------------------------------------------
     @property
@@ -87,10 +97,26 @@ class ServerState:
                         keeps_files=resuming, url="", error="", volume=volume or self.volume)
 
     def running(self, member: str, url: str, listen_address: str, listen_port: int | None,
-                keep_on_stop: bool) -> "ServerState":
-        """The start succeeded; with keep_on_stop (remove = False) the instance now holds files."""
+                keep_on_stop: bool, settings: dict | None = None, profile: str = "",
+                volume: str | None = None) -> "ServerState":
+        """The start succeeded; with keep_on_stop (remove = False) the instance now holds files,
+        and only deleting the server destroys it, whatever the configuration says later."""
         return self._to(Phase.RUNNING, member=member, url=url, listen_address=listen_address,
-                        listen_port=listen_port, keeps_files=self.keeps_files or keep_on_stop, error="")
+                        listen_port=listen_port, keeps_files=self.keeps_files or keep_on_stop, error="",
+                        settings=dict(settings or {}), profile=profile,
+                        volume=self.volume if volume is None else volume)
+
+    def moved(self, member: str) -> "ServerState":
+        """LXD reports the running instance on another member (evacuated, moved by hand)."""
+        return self._to(self.phase, member=member)
+
+    def renamed(self, workspace: str) -> "ServerState":
+        """The server was renamed: its workspace moved with it."""
+        return self._to(self.phase, workspace=workspace)
+
+    def vanished(self) -> "ServerState":
+        """A kept instance was deleted outside the hub: nothing of it is left to keep."""
+        return ServerState(phase=Phase.NONE, workspace=self.workspace, volume=self.volume, since=_now())
 
     def kept(self) -> "ServerState":
         """Stopped and kept: its port is free again (the proxy device listens only while it runs)."""
@@ -106,24 +132,27 @@ class ServerState:
 
     def placed(self, listen_address: str, listen_port: int | None, member: str) -> "ServerState":
         """While creating: the address and port chosen, so a failure knows what to release."""
-        return dataclasses.replace(self, listen_address=listen_address, listen_port=listen_port,
-                                   member=member or self.member)
+        return self._to(self.phase, listen_address=listen_address, listen_port=listen_port,
+                        member=member or self.member)
 
     # -- storage --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["phase"] = self.phase.value
+        d["format"] = FORMAT
         return d
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "ServerState":
-        """Read a saved record; a state saved before records had a phase (an `instance` with no
-        `phase`) was a running server."""
+    def from_dict(cls, data: dict | None, keeps_files_before_records: bool = False) -> "ServerState":
+        """Read a saved record. A state saved before records had a phase (an `instance` with no
+        `phase`) was a running server; whether it holds the user's files is then only known from
+        the configuration it ran under (`keeps_files_before_records`: remove was False)."""
         data = dict(data or {})
         if "phase" not in data:
             if not data.get("instance"):
                 return cls(workspace=str(data.get("workspace") or ""))
             data["phase"] = Phase.RUNNING.value
+            data["keeps_files"] = keeps_files_before_records
         try:
             phase = Phase(data.get("phase"))
         except ValueError:
@@ -135,7 +164,18 @@ class ServerState:
         for key in ("instance", "member", "workspace", "url", "listen_address", "image", "volume", "error", "since"):
             values[key] = str(values.get(key) or "")
         values["keeps_files"] = bool(values.get("keeps_files"))
+        values["settings"] = dict(values.get("settings") or {}) if isinstance(values.get("settings"), dict) else {}
+        values["profile"] = str(values.get("profile") or "")
+        values["format"] = FORMAT  # read as this format: written back as it at the next change
         return cls(phase=phase, **values)
+
+    @staticmethod
+    def format_of(data: dict | None) -> int:
+        """The format a saved record was written in: 0 before records, 1 for 0.1.0's records."""
+        data = data or {}
+        if "phase" not in data:
+            return 0
+        return int(data.get("format") or 1)
 
 
 def read(workspace: str | Path) -> ServerState | None:
@@ -158,6 +198,8 @@ def write(workspace: str | Path, record: ServerState) -> None:
 
 
 def legacy(resources: list, instance: str, workspace: str, keep: bool) -> ServerState:
+    # `instance`: the name in the workspace's Terraform state when it has one (a release with
+    # other naming rules made it), else the name this server gets now.
     """The record of a workspace made before records existed, from its Terraform state: with
     resources and remove = False a kept instance (it holds the user's files); with resources and
     remove = True what an interrupted start left; without, nothing."""

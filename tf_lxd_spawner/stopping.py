@@ -9,7 +9,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from . import audit, lxd, metrics
+from . import audit, initialising, lxd, metrics
 from .stages import Stages
 from .terraform import TerraformError
 from .workspace import DESTROY_ENV, Workspace
@@ -118,6 +118,7 @@ async def destroy(spawner, ws: Workspace, stages: Stages | None = None) -> None:
     stages = stages or Stages()
     initialised = await asyncio.to_thread(lambda: ws.tfvars.exists() and (ws.path / ".terraform").exists())
     if initialised:
+        await initialising.repoint(spawner, ws, spawner.module_source)
         planning = asyncio.ensure_future(_plan_destroy(spawner, ws))
         try:
             with stages.timed("shutdown"):

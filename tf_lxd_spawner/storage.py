@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from . import audit, initialising, lxd, naming, provider
+from . import audit, initialising, lxd, modules, naming, provider
 from . import state as server_state
 from .errors import SpawnError
 from .terraform import planned_replacements
@@ -30,6 +30,14 @@ from .workspace import Workspace, _env, write_private
 VOLUMES_DIR = "_volumes"  # '_' is escaped in server directory names: no server can be called this
 APPLIED_STAMP = ".applied.sha256"
 PLAN_FILE = "volume.tfplan"
+#: Whose a volume workspace is: {"user", "server", "shared"}; rewritten when its server is
+#: renamed (the volume keeps its name and files, the old name is free for a new server).
+OWNER_FILE = "owner.json"
+#: Written into a shared volume's workspace when its user is deleted while other servers of
+#: the user still have it attached: the last of them to go deletes it.
+PENDING_DELETE = "delete-pending.json"
+#: LXD config key of a volume kept with its deleted user (delete_storage = False).
+RELEASED_KEY = "user.tf-lxd-spawner.released"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 
@@ -58,32 +66,99 @@ def size_bytes(size: str) -> int | None:
     return int(number * factor)
 
 
-def volume_for(spawner) -> Volume:
-    """Which volume this server mounts, from the storage traits."""
+def _volume_name(spawner, legacy: bool = False) -> str:
     template = spawner.storage_name_template
     shared = "{servername}" not in template
-    name = naming.instance_name(template if not shared else template.replace("{servername}", ""),
-                                spawner.user.name, "" if shared else (spawner.name or ""))
-    ws = Path(os.path.abspath(spawner.state_dir)) / naming.path_component(spawner.user.name) / VOLUMES_DIR / name
+    name_of = naming.legacy_instance_name if legacy else naming.instance_name
+    return name_of(template if not shared else template.replace("{servername}", ""),
+                   spawner.user.name, "" if shared else (spawner.name or ""))
+
+
+def volumes_dir(spawner) -> Path:
+    return Path(os.path.abspath(spawner.state_dir)) / naming.path_component(spawner.user.name) / VOLUMES_DIR
+
+
+def volume_for(spawner) -> Volume:
+    """Which volume this server mounts, from the storage traits (see `resolve` for the one it
+    actually mounts: its record's, or an earlier release's name, or one of its own)."""
+    template = spawner.storage_name_template
+    shared = "{servername}" not in template
+    name = _volume_name(spawner)
+    ws = volumes_dir(spawner) / name
     mount = (spawner.storage_mount_path or spawner.account["home"]).format(username=spawner.account["name"])
     if not mount.startswith("/") or "/../" in f"{mount}/":
         raise SpawnError(f"storage_mount_path {spawner.storage_mount_path!r} must be an absolute path", reason="config")
     return Volume(name, spawner.storage_pool, spawner.storage_capacity, mount, ws, shared)
 
 
+async def resolve(spawner) -> Volume:
+    """The volume this server mounts: the one its record names (it was renamed, or the template
+    changed: the server keeps its files); else the template's, under the name an earlier release
+    gave it when that one exists; else, when the template's name belongs to another server (one
+    renamed away from this name keeps its volume), a name of its own. Never another's files."""
+    vol = volume_for(spawner)
+    recorded = await recorded_volume(spawner, vol)
+    if recorded is not vol:
+        return recorded
+    return await asyncio.to_thread(_unclaimed, spawner, vol)
+
+
 async def recorded_volume(spawner, vol: Volume) -> Volume:
     """A per-server volume is the one the server's record names, when that differs from what the
     template gives now (the server was renamed, or the template changed): the server keeps its
-    files. A shared volume is always the template's."""
+    files. With a shared template, the shared volume."""
     if vol.shared:
         return vol
     record = await asyncio.to_thread(server_state.read, spawner.workspace_dir().path)
     if record is None or not record.volume or Path(record.volume) == vol.workspace:
         return vol
     recorded = await asyncio.to_thread(from_workspace, record.volume)
-    if recorded is None or recorded.shared:
+    if recorded is None:
         return vol
+    # Whatever the volume was made as (a default server's looks shared to earlier releases),
+    # the record says this server mounts it.
     return dataclasses.replace(vol, name=recorded.name, workspace=recorded.workspace)
+
+
+def owner_of(path: str | Path) -> str | None:
+    """The server (its name, "" for the default one) a volume workspace is for; None when there
+    is no such workspace. Blocking."""
+    path = Path(path)
+    try:
+        return str(json.loads((path / OWNER_FILE).read_text(encoding="utf-8")).get("server") or "")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if not path.is_dir():
+        return None
+    return str((Workspace(path).saved_inputs().get("labels") or {}).get("server") or "")
+
+
+def set_owner(path: str | Path, user: str, server: str, shared: bool) -> None:
+    """Say whose a volume workspace is (blocking); its volume's LXD labels follow at the next
+    apply."""
+    write_private(Path(path) / OWNER_FILE, json.dumps({"user": user, "server": server, "shared": shared},
+                                                      sort_keys=True) + "\n")
+
+
+def _unclaimed(spawner, vol: Volume) -> Volume:
+    server = "" if vol.shared else (spawner.name or "")
+    legacy = _volume_name(spawner, legacy=True)
+    if legacy != vol.name and owner_of(vol.workspace) is None:
+        old = vol.workspace.with_name(legacy)
+        if owner_of(old) == server and from_workspace(old) is not None:
+            return dataclasses.replace(vol, name=legacy, workspace=old)
+    if vol.shared or owner_of(vol.workspace) in (None, server):
+        return vol
+    for n in range(1, 1000):
+        digest = hashlib.sha256(f"{spawner.user.name}\0{server}\0{n}".encode()).hexdigest()[:8]
+        name = f"{vol.name[:LXD_NAME_ROOM].rstrip('-')}-{digest}"
+        candidate = dataclasses.replace(vol, name=name, workspace=vol.workspace.with_name(name))
+        if owner_of(candidate.workspace) in (None, server):
+            return candidate
+    raise SpawnError(f"no free name for the home volume of {spawner.user.name}/{server}", reason="storage")
+
+
+LXD_NAME_ROOM = naming.LXD_NAME_MAX - 9  # a name, '-', 8 hex digits
 
 
 def from_workspace(path: str | Path) -> Volume | None:
@@ -92,8 +167,12 @@ def from_workspace(path: str | Path) -> Volume | None:
     if not inputs.get("name"):
         return None
     server = (inputs.get("labels") or {}).get("server", "")
+    try:
+        shared = bool(json.loads((Path(path) / OWNER_FILE).read_text(encoding="utf-8"))["shared"])
+    except (OSError, ValueError, KeyError, TypeError):
+        shared = not server
     return Volume(inputs["name"], inputs.get("pool") or "default", inputs.get("size") or "", "", Path(path),
-                  shared=not server)
+                  shared=shared)
 
 
 def render(module_source: str, inputs: list[str], provider_settings: dict) -> str:
@@ -131,6 +210,10 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
     ws = Workspace(vol.workspace)
     sp = spawner
     async with ws.lock():
+        if await asyncio.to_thread(owner_of, vol.workspace) is None:
+            await asyncio.to_thread(vol.workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
+            await asyncio.to_thread(set_owner, vol.workspace, sp.user.name, "" if vol.shared else (sp.name or ""),
+                                    vol.shared)
         inputs = {
             "name": vol.name, "pool": vol.pool, "size": vol.size or None,
             "config": {str(k): str(v) for k, v in (sp.storage_config or {}).items()},
@@ -145,7 +228,8 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
         provider_settings = await asyncio.to_thread(
             provider.settings, sp.provider_refresh_interval, sp.endpoint_url, sp.lxd_cert,
             sp.lxd_key, sp.lxd_verify, sp.state_dir)
-        main_tf = render(sp.storage_module_source, list(inputs), provider_settings)
+        source = await asyncio.to_thread(modules.pin, sp.state_dir, sp.storage_module_source)
+        main_tf = render(source, list(inputs), provider_settings)
         digest = _digest(main_tf, inputs)
         if existing.get("name") and await asyncio.to_thread(_applied, ws) == digest:
             info = await lxd.volume(sp.endpoint, vol.pool, vol.name, target=inputs["target"])
@@ -241,6 +325,16 @@ async def refuse_existing_volume(spawner, vol: Volume, target: str | None) -> No
     another server's under the same name, an operator's own) is never taken over, and
     Terraform's create would fail on it with the daemon's words: say whose it is instead."""
     info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=target)
+    if info is not None and info.config.get(RELEASED_KEY):
+        raise SpawnError(
+            f"your home volume {vol.name} cannot be made: a volume of that name was kept from a deleted user "
+            "of the same name, and only the administrator can say whether it is yours. Nothing was changed; "
+            "ask the administrator.", reason="storage", status_code=409,
+            log_message=f"home volume {vol.name} on pool {vol.pool} was kept when a user {spawner.user.name!r} was "
+                        f"deleted ({info.config[RELEASED_KEY]}, delete_storage = False). If it is this user's, give it "
+                        f"back: tf-lxd-spawner -f <config> adopt-volume --user {spawner.user.name} --volume {vol.name}; "
+                        f"if not, delete it (lxc storage volume delete {vol.pool} {vol.name}) or give this user another "
+                        "name")
     problem = info and lxd.not_ours(info.config, vol.workspace, await spawner.owner_id(), "storage_name_template")
     if problem:
         raise SpawnError(
@@ -266,9 +360,34 @@ async def refuse_shrinking(spawner, vol: Volume) -> None:
                         "only grow; set it back, or resize by hand")
 
 
+def holders(spawner, vol: Volume) -> list[str]:
+    """The user's other servers whose record says they still have something in LXD that mounts
+    `vol` (a kept or running instance, or one whose clean-up failed). Blocking."""
+    user_dir = volumes_dir(spawner).parent
+    mine = spawner.workspace_dir().path
+    found = []
+    for ws in sorted(user_dir.iterdir()) if user_dir.is_dir() else []:
+        if ws.name == VOLUMES_DIR or ".deleted-" in ws.name or ws == mine or not ws.is_dir():
+            continue
+        record = server_state.read(ws)
+        if record is not None and record.exists and (record.volume == str(vol.workspace) or
+                                                    (vol.shared and not record.volume)):
+            found.append(record.instance or ws.name)
+    return found
+
+
+def delete_pending(vol: Volume) -> bool:
+    """Whether the volume's user was deleted while other servers still had it attached."""
+    return (vol.workspace / PENDING_DELETE).exists()
+
+
 async def delete(spawner, vol: Volume) -> None:
     """Destroy the volume (the user is deleted) and archive its workspace beside the others,
-    audit record included; a failure is logged as an error and audited, then raised."""
+    audit record included; a failure is logged as an error and audited, then raised.
+
+    The volume goes last: while another server of the user still has it attached (a kept named
+    server JupyterHub deletes after this one), nothing of it is touched, snapshots included;
+    it is marked, and the last of those servers to be deleted deletes it."""
     ws = Workspace(vol.workspace)
     if not await asyncio.to_thread(ws.path.exists):
         return
@@ -276,10 +395,25 @@ async def delete(spawner, vol: Volume) -> None:
     async with ws.lock():
         record = {"operation": "volume-delete", "user": sp.user.name, "server": sp.name or "",
                   "volume": vol.name, "pool": vol.pool}
+        others = await asyncio.to_thread(holders, sp, vol)
+        if others:
+            note = f"deferred: still attached to {', '.join(others)}; deleted with the last of them"
+            await asyncio.to_thread(write_private, ws.path / PENDING_DELETE,
+                                    json.dumps({"user": sp.user.name, "waiting_for": others}) + "\n")
+            await ws.audit({**record, "outcome": "deferred", "note": note})
+            sp.log.info("Home volume %s of %s: deletion %s", vol.name, sp.user.name, note)
+            return
         try:
             if await asyncio.to_thread(lambda: (ws.path / ".terraform").exists()):
                 where = (await asyncio.to_thread(ws.state_outputs)).get("location")
                 target = where if where not in (None, "", "none") else None
+                info = await lxd.volume(sp.endpoint, vol.pool, vol.name, target)
+                if info is not None and info.used_by:
+                    # Attached to an instance the records do not know: its snapshots (the way
+                    # back) stay with it, and the error names who holds it.
+                    raise RuntimeError(f"volume {vol.name} is still attached to {', '.join(info.used_by)}; "
+                                       "nothing of it was deleted")
+                await initialising.repoint(sp, ws, sp.storage_module_source)
                 snapshots = await lxd.delete_volume_snapshots(sp.endpoint, vol.pool, vol.name, target)
                 record["snapshots_deleted"] = snapshots
                 await sp.run_terraform(ws, "destroy", "-refresh=false")
@@ -302,10 +436,62 @@ async def release(spawner, vol: Volume) -> None:
     if not await asyncio.to_thread(ws.path.exists):
         return
     async with ws.lock():
+        others = await asyncio.to_thread(holders, spawner, vol)
+        if others:  # the last server to go releases it
+            await asyncio.to_thread(write_private, ws.path / PENDING_DELETE,
+                                    json.dumps({"user": spawner.user.name, "waiting_for": others}) + "\n")
+            return
+        where = (await asyncio.to_thread(ws.state_outputs)).get("location")
+        target = where if where not in (None, "", "none") else None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        # Marked in LXD too, so a new user of the same name is refused it, not given it.
+        await lxd.patch_volume_config(spawner.endpoint, vol.pool, vol.name, target, {RELEASED_KEY: stamp})
         await ws.audit({"operation": "volume-release", "user": spawner.user.name, "server": spawner.name or "",
                         "volume": vol.name, "pool": vol.pool, "outcome": "ok",
                         "note": "user deleted; volume kept (delete_storage = False)"})
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.released-{stamp}"))
     spawner.log.warning("Kept the home volume %s of deleted user %s (delete_storage = False)", vol.name,
                         spawner.user.name)
+
+
+#: Run as root in a resumed kept instance whose home volume was just attached for the first
+#: time: the files its home held before (hidden under the volume's mount) are copied into the
+#: volume, never over a file already there. `/` bound again without its submounts shows the
+#: directory under the mount. The path arrives as $1, never as shell text.
+_IMPORT_SCRIPT = r"""
+set -eu
+home="$1"
+root=$(mktemp -d /run/tf-lxd-home-import.XXXXXX)
+mount --bind / "$root"
+trap 'umount "$root"; rmdir "$root"' EXIT
+if [ -d "$root$home" ] && [ -n "$(ls -A "$root$home")" ]; then
+  cp -a -n "$root$home"/. "$home"/
+  find "$root$home" -mindepth 1 | wc -l
+else
+  echo 0
+fi
+"""
+
+
+async def import_home(spawner, vol: Volume, instance: str, ws: Workspace) -> int:
+    """A kept instance started before it had a home volume (an earlier release, or
+    storage_enabled off then) gets the volume mounted over its home: copy what its home held
+    into the volume, so its user finds every file (audited in the server's workspace). Returns
+    how many files and directories there were."""
+    code, out, err = await lxd.execute(spawner.endpoint, instance, ["sh", "-c", _IMPORT_SCRIPT, "sh", vol.mount_path])
+    record = {"operation": "home-import", "user": spawner.user.name, "server": spawner.name or "",
+              "instance": instance, "volume": vol.name, "path": vol.mount_path}
+    if code != 0:
+        await ws.audit({**record, "outcome": "failed", "error": (err or out).strip()})
+        raise SpawnError(
+            f"your files in {instance} could not be copied into your new home volume {vol.name}; nothing was "
+            "deleted. Ask the administrator.", reason="storage",
+            log_message=f"copying {vol.mount_path} of kept instance {instance} into volume {vol.name} failed "
+                        f"(exit {code}): {(err or out).strip()}")
+    count = int((out.strip().splitlines() or ["0"])[-1] or 0)
+    await ws.audit({**record, "outcome": "ok", "entries": count,
+                    "note": "the home's files from before the volume were copied into it (none overwritten)"})
+    if count:
+        spawner.progress_bar.emit(85, f"Copied the {count} files and folders of your home into your new home "
+                                      f"volume {vol.name}")
+    return count

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import html.parser
+import json
 from types import SimpleNamespace
 
 import pytest
+from traitlets import Any, Callable, Dict, Unicode, Union
+from traitlets.config import Configurable
 
 from tf_lxd_spawner import profiles
 from tf_lxd_spawner.inputs import ConfigError
@@ -139,6 +142,7 @@ class _Fields(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.checked, self.selected, self.names, self.text = [], [], set(), []
+        self.inputs = {}  # text field name -> value
         self._select = None
 
     def handle_starttag(self, tag, attrs):
@@ -147,6 +151,8 @@ class _Fields(html.parser.HTMLParser):
             self.names.add(a["name"])
         if tag == "input" and a.get("type") == "radio" and "checked" in a:
             self.checked.append(a["value"])
+        if tag == "input" and a.get("type") == "text":
+            self.inputs[a["name"]] = a.get("value")
         if tag == "select":
             self._select = a["name"]
         if tag == "option" and "selected" in a:
@@ -176,6 +182,148 @@ def test_form_fields_become_the_api_shape():
     formdata = {"profile": ["large-fast"], "profile-option-large-fast--image": ["unlisted_choice"],
                 "profile-option-large-fast--image--unlisted-choice": [" my-image "],
                 "profile-option-small--whatever": ["x"]}
-    assert profiles.from_form(formdata) == {"profile": "large-fast", "image": "unlisted_choice",
+    assert profiles.from_form(formdata) == {"profile": "large-fast", "image": "unlisted-choice",
                                             "image--unlisted-choice": "my-image"}
     assert profiles.from_form({}) == {}
+
+
+def test_dict_overrides_merge_into_the_operators_and_are_undone():
+    base_storage = {"snapshots.schedule": "@daily", "snapshots.expiry": "2w"}
+    base_env = {"LANG": "C.UTF-8", "TZ": "UTC"}
+    base_vars = {"limits": {"cpu": "1", "memory": "1GB"}, "keep": 1}
+    profile_list = [{"display_name": "Big", "spawner_override": {
+        "storage_config": {"snapshots.expiry": "4w"}, "environment": {"GPU": "1", "TZ": None},
+        "module_variables": {"limits": {"cpu": "4", "memory": None}, "extra": {}}, "lxd_profiles": ["gpu"]},
+        "profile_options": {"tool": {"choices": {"jax": {"display_name": "JAX", "spawner_override": {
+            "environment": {"TOOL": "jax"}}}}}}}]
+    as_configured = json.dumps(profile_list)
+    sp = _spawner(profile_list=profile_list, storage_config=base_storage, environment=base_env,
+                  module_variables=base_vars, lxd_profiles=["default"])
+    asyncio.run(sp.apply_profile({}))
+    assert sp.storage_config == {"snapshots.schedule": "@daily", "snapshots.expiry": "4w"}
+    assert sp.environment == {"LANG": "C.UTF-8", "GPU": "1", "TOOL": "jax"}  # both layers; None deletes
+    assert sp.module_variables == {"limits": {"cpu": "4"}, "keep": 1}  # nested merge; an empty dict adds nothing
+    assert sp.lxd_profiles == ["gpu"]  # not a dict: replaced
+    sp.storage_config["snapshots.expiry"] = "changed in place"
+    sp.module_variables["limits"]["cpu"] = "changed in place"
+    assert base_storage == {"snapshots.schedule": "@daily", "snapshots.expiry": "2w"}
+    assert base_env == {"LANG": "C.UTF-8", "TZ": "UTC"}
+    assert base_vars == {"limits": {"cpu": "1", "memory": "1GB"}, "keep": 1}
+    assert json.dumps(profile_list) == as_configured
+    sp.clear_state()
+    assert (sp.storage_config, sp.environment, sp.module_variables, sp.lxd_profiles) == (
+        base_storage, base_env, base_vars, ["default"])
+    asyncio.run(sp.apply_profile({}))  # the next start merges into the originals again
+    assert sp.storage_config == {"snapshots.schedule": "@daily", "snapshots.expiry": "4w"}
+
+
+def test_module_variables_merge_recursively_into_a_callable():
+    async def mine(spawner):
+        return {"mine": spawner.user.name, "limits": {"cpu": 1, "memory": 2}}
+
+    sp = _spawner(profile_list=[{"display_name": "P", "spawner_override": {
+        "module_variables": {"limits": {"memory": None, "gpus": 1}}}}], module_variables=mine)
+    asyncio.run(sp.apply_profile({}))
+    assert asyncio.run(sp.module_variables(sp)) == {"mine": "ann", "limits": {"cpu": 1, "gpus": 1}}
+    sp.clear_state()
+    assert sp.module_variables is mine
+
+
+def test_kubespawners_unlisted_sentinel_is_accepted_and_the_text_wins():
+    ps = profiles.normalize(Z2JH)
+    for sentinel in ("unlisted-choice", "unlisted_choice"):
+        sel = profiles.select(ps, {"profile": "large-fast", "image": sentinel, "image--unlisted-choice": "mine"}, [])
+        assert sel.values == {"image": "mine"} and sel.overrides[-1] == {"image": "mine"}
+        with pytest.raises(ConfigError, match="needs a value of your own"):
+            profiles.select(ps, {"profile": "large-fast", "image": sentinel}, [])
+    sel = profiles.select(ps, {"profile": "large-fast", "image": "r", "image--unlisted-choice": "mine"}, [])
+    assert sel.values == {"image": "mine"}  # KubeSpawner's rule: the text wins whenever given
+    assert profiles.select(ps, {"profile": "large-fast", "image": "r", "image--unlisted-choice": ""},
+                           []).values == {"image": "r"}
+    # The form emits KubeSpawner's value and reads both.
+    form = profiles.render_form(profiles.offered(ps, []), {"profile": "large-fast", "image": "unlisted-choice",
+                                                            "image--unlisted-choice": "mine"})
+    parsed = _Fields()
+    parsed.feed(form)
+    assert ("profile-option-large-fast--image", "unlisted-choice") in parsed.selected
+    assert parsed.inputs["profile-option-large-fast--image--unlisted-choice"] == "mine"
+    assert "unlisted_choice" not in form
+    field = "profile-option-large-fast--image"
+    for sentinel in ("unlisted-choice", "unlisted_choice"):
+        assert profiles.from_form({"profile": ["large-fast"], field: [sentinel],
+                                   field + "--unlisted-choice": ["mine"]}) == {
+            "profile": "large-fast", "image": "unlisted-choice", "image--unlisted-choice": "mine"}
+    assert profiles.from_form({"profile": ["large-fast"], field + "--unlisted-choice": ["unlisted_choice"]}) == {
+        "profile": "large-fast", "image--unlisted-choice": "unlisted_choice"}  # the user's text is theirs
+    # Without JavaScript the text field is sent too, still holding the last text: the select decides.
+    assert profiles.from_form({"profile": ["large-fast"], field: ["r"], field + "--unlisted-choice": ["mine"]}) == {
+        "profile": "large-fast", "image": "r"}
+    # KubeSpawner's own form removes the select's name when its free text is used.
+    assert profiles.from_form({"profile": ["large-fast"], field + "--unlisted-choice": ["mine"]}) == {
+        "profile": "large-fast", "image--unlisted-choice": "mine"}
+    with pytest.raises(ConfigError, match="cannot be a choice's slug"):
+        profiles.normalize([{"display_name": "A", "profile_options": {"x": {"choices": {
+            "unlisted-choice": {"display_name": "X"}}}}}])
+
+
+def pick_first(spawner, members):
+    return members[0]
+
+
+def uid_gid(spawner):
+    return 1000, 1000
+
+
+def test_an_override_may_be_a_callable_for_a_setting_that_takes_one():
+    sp = _spawner(profile_list=[{"display_name": "P", "spawner_override": {
+        "placement": pick_first, "get_uid_gid": uid_gid, "image": lambda spawner: f"img-{spawner.user.name}"}}])
+    assert (sp.placement, sp.get_uid_gid, sp.image) == ("least-loaded", None, "jupyter-notebook")
+    asyncio.run(sp.apply_profile({}))  # once a 500: pick_first was called with the spawner alone
+    assert (sp.placement, sp.get_uid_gid, sp.image) == (pick_first, uid_gid, "img-ann")
+    assert set(profiles.applied_values(sp, sp._profile_saved)) == {"image"}  # callables cannot be kept
+    sp.clear_state()
+    assert (sp.placement, sp.get_uid_gid, sp.image) == ("least-loaded", None, "jupyter-notebook")
+
+
+def test_an_option_with_only_an_unlisted_choice_starts_empty():
+    ps = profiles.normalize([{"display_name": "A", "profile_options": {"img": {"unlisted_choice": {
+        "enabled": True, "display_name": "Image", "spawner_override": {"image": "{value}"}}}}}])
+    field = "profile-option-a--img--unlisted-choice"
+    for last in (None, {"profile": "a"}, {"profile": "a", "img": "unlisted-choice"}):
+        parsed = _Fields()
+        parsed.feed(profiles.render_form(ps, last))
+        assert parsed.inputs == {field: ""}, last
+    parsed = _Fields()
+    parsed.feed(profiles.render_form(ps, {"profile": "a", "img--unlisted-choice": "mine"}))
+    assert parsed.inputs == {field: "mine"}
+    with pytest.raises(ConfigError, match="needs a value of your own"):
+        profiles.select(ps, {}, [])
+
+
+class _Settings(Configurable):
+    """A spawner's settings as traits: what the profile functions read and set."""
+    image = Unicode("base").tag(config=True)
+    storage_config = Dict({"snapshots.schedule": "@daily"}).tag(config=True)
+    placement = Union([Unicode(), Callable()], default_value="least-loaded").tag(config=True)
+    weights = Any(None).tag(config=True)
+    internal = Unicode("kept")  # not a setting
+
+
+def test_applied_values_are_kept_as_json_and_reapplied_after_a_hub_restart():
+    st, saved = _Settings(), {}
+    profiles.apply_overrides(st, [{"image": "lab", "storage_config": {"size": "10GiB"}, "placement": pick_first,
+                                   "weights": {"m1", "m2"}}], saved, "profile 'p'")
+    values = profiles.applied_values(st, saved)
+    assert values == {"image": "lab", "storage_config": {"snapshots.schedule": "@daily", "size": "10GiB"}}
+    kept = json.loads(json.dumps(values))  # as the hub's database keeps a server's state
+
+    again, saved_again = _Settings(), {}  # the restarted hub's spawner
+    changed = profiles.reapply(again, {**kept, "internal": "changed", "no_such": 1}, saved_again)
+    assert changed == ["image", "storage_config"]
+    assert (again.image, again.storage_config, again.internal) == ("lab", values["storage_config"], "kept")
+    profiles.restore(again, saved_again)  # the stop after the restart
+    assert (again.image, again.storage_config) == ("base", {"snapshots.schedule": "@daily"}) and not saved_again
+
+    refused, saved_refused = _Settings(), {}
+    assert profiles.reapply(refused, {"image": 5}, saved_refused) == [] and saved_refused == {}
+    assert refused.image == "base"

@@ -21,6 +21,8 @@ class FakeSpawner:
         self.instance = "jupyter-alice"
         self.endpoint = None
         self.stop_grace_period = 0.0
+        self.module_source = "/nonexistent/module"  # not a local directory: used as it is
+        self.state_dir = "/nonexistent/state"
         self.log = SimpleNamespace(warning=lambda *a: None)
         self.planned_and_cancelled = False
 
