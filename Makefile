@@ -8,6 +8,10 @@ VENV := $(CURDIR)/.venv
 CHP := $(CACHE)/npm/node_modules/.bin/configurable-http-proxy
 # The oldest JupyterHub of the supported range, in a venv of its own (tests/e2e/test_jupyterhub52.py).
 JH52 := $(CACHE)/jupyterhub-5.2
+# Earlier releases, each from its source archive in tests/upgrade/ into a venv of its own
+# (tests/e2e/test_upgrade.py runs a hub on each, then this release's on the same database).
+UPGRADE_REVS := $(patsubst tests/upgrade/tf-lxd-spawner-%.tar.gz,%,$(wildcard tests/upgrade/tf-lxd-spawner-*.tar.gz))
+UPGRADE_VENVS := $(UPGRADE_REVS:%=$(CACHE)/upgrade/%/.installed)
 PYTEST_ARGS ?= --durations=15
 # Host ids the tests map 1:1 into containers (raw.idmap): see setup/lxd-up.sh.
 LXD_ALLOW_IDS ?= 2345
@@ -17,7 +21,7 @@ export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
 # The Go-built tools (tofu; terraform where the machine has none) come after the machine's own.
 export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH):$(CACHE)/bin
 
-.PHONY: setup setup-steps debs gotools lxd incus image provider test unit demo wheel fmt module-docs clean-state performance
+.PHONY: setup setup-steps debs gotools lxd incus image provider old-releases test unit demo wheel fmt module-docs clean-state performance
 
 # Independent steps run side by side (the Go builds are CPU-bound, the image build mostly waits
 # on downloads); each step's output is printed in one piece.
@@ -25,7 +29,7 @@ setup:
 	@$(MAKE) --no-print-directory -j3 --output-sync=target setup-steps
 	@echo "setup: done"
 
-setup-steps: debs gotools lxd incus image provider $(VENV)/.installed $(JH52)/.installed $(CHP)
+setup-steps: debs gotools lxd incus image provider $(VENV)/.installed $(JH52)/.installed old-releases $(CHP)
 
 debs:
 	@bash setup/debian-packages.sh
@@ -54,6 +58,17 @@ $(VENV)/.installed: pyproject.toml | debs
 $(JH52)/.installed: pyproject.toml | debs
 	python3 -m venv $(JH52)
 	$(JH52)/bin/pip install -q 'jupyterhub==5.2.1' -e '.[test]'
+	touch $@
+
+old-releases: $(UPGRADE_VENVS)
+
+# With the JupyterHub of .venv, so the upgrade changes this package alone (the hub database's
+# schema is the same on both sides). pip builds the archive with hatchling from PyPI.
+$(CACHE)/upgrade/%/.installed: tests/upgrade/tf-lxd-spawner-%.tar.gz $(VENV)/.installed
+	rm -rf $(CACHE)/upgrade/$*
+	python3 -m venv $(CACHE)/upgrade/$*
+	$(CACHE)/upgrade/$*/bin/pip install -q $< \
+		"jupyterhub==$$($(VENV)/bin/python -c 'import jupyterhub; print(jupyterhub.__version__)')"
 	touch $@
 
 $(CHP): | debs

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import sys
@@ -152,12 +153,16 @@ def cmd_adopt_volume(args, settings) -> int:
     volumes = Path(os.path.abspath(settings["state_dir"])) / naming.path_component(args.user) / VOLUMES_DIR
     place = volumes / args.volume
     archived = sorted(volumes.glob(f"{args.volume}.released-*"))
-    if place.exists():
-        print(f"error: {place} exists: the volume is already this user's (or another is there)", file=sys.stderr)
-        return 2
     if not archived:
         print(f"error: no released volume {args.volume!r} of user {args.user!r} under {volumes}", file=sys.stderr)
         return 2
+    if place.exists():
+        if (place / "terraform.tfstate").exists():
+            print(f"error: {place} holds a volume workspace: the volume is this user's already, or another one is "
+                  "there", file=sys.stderr)
+            return 2
+        # What the refused spawn left (its lock and audit record): kept beside, for the record.
+        os.rename(place, place.with_name(f"{place.name}.refused-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"))
     ws = Workspace(archived[-1])
     inputs, outputs = ws.saved_inputs(), ws.state_outputs()
     where = outputs.get("location") if outputs.get("location") not in (None, "", "none") else None

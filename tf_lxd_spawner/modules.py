@@ -18,13 +18,15 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from .workspace import hcl_string, write_private
 
 PINNED_DIR = "_modules"  # '_' is always escaped in user names: never a user's directory
 _SKIPPED = {".terraform", ".terraform.lock.hcl", "terraform.tfstate", "terraform.tfstate.backup"}
-_SOURCE = re.compile(r'^(\s*source\s*=\s*)("(?:[^"\\]|\\.)*")[ \t]*$', re.M)
+#: The module call's source (not a provider's `source` in required_providers).
+_SOURCE = re.compile(r'^module\s+"[^"]*"\s*\{\s*\n\s*source\s*=\s*("(?:[^"\\]|\\.)*")[ \t]*$', re.M)
 
 
 def _local_dir(source: str) -> bool:
@@ -54,13 +56,16 @@ def pin(state_dir: str | Path, source: str) -> str:
     if dest.is_dir():
         return str(dest)
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root, tmp, ignore=lambda _dir, names: [n for n in names if n in _SKIPPED])
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))  # one per caller
     try:
-        os.rename(tmp, dest)
-    except OSError:  # another hub process made it first: theirs is the same
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = scratch / "module"
+        shutil.copytree(root, tmp, ignore=lambda _dir, names: [n for n in names if n in _SKIPPED])
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another spawn made it first: theirs is the same
+            pass
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return str(dest)
 
 
@@ -69,7 +74,7 @@ def named_source(main_tf: str) -> str | None:
     found = _SOURCE.search(main_tf)
     if not found:
         return None
-    return json.loads(found.group(2)).replace("$${", "${").replace("%%{", "%{")
+    return json.loads(found.group(1)).replace("$${", "${").replace("%%{", "%{")
 
 
 def repoint(workspace: str | Path, current_source: str) -> tuple[str, str] | None:
@@ -85,6 +90,6 @@ def repoint(workspace: str | Path, current_source: str) -> tuple[str, str] | Non
     if old is None or not os.path.isabs(old) or os.path.exists(old) or old == current_source:
         return None
     found = _SOURCE.search(text)
-    text = text[:found.start(2)] + hcl_string(current_source) + text[found.end(2):]
+    text = text[:found.start(1)] + hcl_string(current_source) + text[found.end(1):]
     write_private(main, text)
     return old, text

@@ -209,6 +209,10 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
     member it is on. Runs under the volume workspace's own lock (a user's servers share it)."""
     ws = Workspace(vol.workspace)
     sp = spawner
+    if not await asyncio.to_thread(ws.path.exists):
+        # A volume of this name that is not this workspace's is refused before anything is
+        # written: a refused spawn leaves no workspace behind.
+        await refuse_existing_volume(sp, vol, target)
     async with ws.lock():
         if await asyncio.to_thread(owner_of, vol.workspace) is None:
             await asyncio.to_thread(vol.workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
