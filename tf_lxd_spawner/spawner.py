@@ -190,8 +190,9 @@ class LxdSpawner(Spawner):
         callable(spawner) returning either (may be async). A profile has display_name, slug
         (made from the display name when missing), description, default, spawner_override (or
         kubespawner_override: any setting of this spawner, e.g. image, mem_limit, cpu_limit,
-        lxd_profiles, storage_capacity, allowed_members, cluster_group; module_variables merge
-        into yours), groups (only members of one of these JupyterHub groups see and may choose
+        lxd_profiles, storage_capacity, allowed_members, cluster_group, remove; dict settings
+        such as environment, storage_config and module_variables merge into yours, None deleting
+        a key; a server's settings are saved with it and applied again after a hub restart), groups (only members of one of these JupyterHub groups see and may choose
         it) and profile_options: {name: {display_name, choices: {slug: {display_name, default,
         spawner_override}}, unlisted_choice: {enabled, display_name, validation_regex,
         validation_message, spawner_override with {value}}}}. Chosen in the spawn form or
@@ -218,7 +219,9 @@ class LxdSpawner(Spawner):
         outlive every container. False: stop and keep the
         container; the next start resumes the same container with its files. A kept container
         is never destroyed by a failure (a refused or failed resume leaves it as it was); it is
-        destroyed, and its workspace archived, only when the server or its user is deleted.""",
+        destroyed, and its workspace archived, only when the server or its user is deleted.
+        Decided when a server starts (a profile may set it): a server started with False is
+        kept at its stop even after a hub restart or a change of this setting.""",
     ).tag(config=True)
 
     # ---- a user's persistent storage ------------------------------------------------------------
@@ -259,7 +262,8 @@ class LxdSpawner(Spawner):
         "home-{username}",
         help="""Name of the volume a server mounts ({username}; {servername} for one volume per
         named server, as KubeSpawner's pvc_name_template). Without {servername} all of a user's
-        servers share one volume. Made valid for LXD as instance names are. Two hubs on one
+        servers share one volume. Made valid for LXD as instance names are. A renamed server keeps
+        its volume; a new server under the old name gets one of its own. Two hubs on one
         daemon need different templates (e.g. "hub2-home-{username}"): a volume of that name
         this hub did not make for the server is refused, never taken over.""",
     ).tag(config=True)
@@ -275,7 +279,10 @@ class LxdSpawner(Spawner):
     delete_storage = Bool(
         True,
         help="""Delete a user's volume with the user (delete_forever; a per-server volume with its
-        named server). False: keep volumes of deleted users (the orphans command lists them).""",
+        named server), after every server of the user that has it attached. False: keep volumes
+        of deleted users (the orphans command lists them); a new user of the same name is
+        refused the kept volume until an operator gives it back (tf-lxd-spawner adopt-volume)
+        or deletes it.""",
     ).tag(config=True)
 
     storage_module_source = Unicode(
@@ -522,9 +529,11 @@ class LxdSpawner(Spawner):
     instance_name_template = Unicode(
         "jupyter-{username}-{servername}",
         help="""Template of instance names ({username}, {servername}). Results are made valid for
-        LXD (letters, digits, hyphens, at most 63) with a short hash added whenever that changed
-        the name, so names stay unique. Two hubs on one daemon need different templates: an
-        instance of that name that is not this hub's is refused, never removed.""",
+        LXD (letters, digits, hyphens, at most 63), with a short hash added whenever that changed
+        the name, a user or server name holds a hyphen, or looks like such a hash: two
+        different users or servers never get the same name. Two hubs on one daemon need
+        different templates: an instance of that name that is not this hub's is refused, never
+        removed.""",
     ).tag(config=True)
 
     # ---- runtime state (not configuration) ------------------------------------------------------

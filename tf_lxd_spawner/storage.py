@@ -136,8 +136,8 @@ def owner_of(path: str | Path) -> str | None:
 def set_owner(path: str | Path, user: str, server: str, shared: bool) -> None:
     """Say whose a volume workspace is (blocking); its volume's LXD labels follow at the next
     apply."""
-    write_private(Path(path) / OWNER_FILE, json.dumps({"user": user, "server": server, "shared": shared},
-                                                      sort_keys=True) + "\n")
+    write_private(Path(path) / OWNER_FILE, json.dumps({"user": user, "server": server, "shared": shared,
+                                                       "format": server_state.FORMAT}, sort_keys=True) + "\n")
 
 
 def _unclaimed(spawner, vol: Volume) -> Volume:
