@@ -35,7 +35,7 @@ def _local_dir(source: str) -> bool:
 
 def _digest(root: Path) -> str:
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # as copytree copies
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED)
         for name in sorted(filenames):
             if name in _SKIPPED:
@@ -63,7 +63,8 @@ def pin(state_dir: str | Path, source: str) -> str:
         try:
             os.rename(tmp, dest)
         except OSError:  # another spawn made it first: theirs is the same
-            pass
+            if not dest.is_dir():
+                raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return str(dest)

@@ -130,7 +130,10 @@ def owner_of(path: str | Path) -> str | None:
         pass
     if not path.is_dir():
         return None
-    return str((Workspace(path).saved_inputs().get("labels") or {}).get("server") or "")
+    inputs = Workspace(path).saved_inputs()
+    if not inputs:
+        return None  # made by its lock, nothing written yet (or a spawn failed before): nobody's
+    return str((inputs.get("labels") or {}).get("server") or "")
 
 
 def set_owner(path: str | Path, user: str, server: str, shared: bool) -> None:
