@@ -192,8 +192,9 @@ class LxdSpawner(Spawner):
         kubespawner_override: any setting of this spawner, e.g. image, mem_limit, cpu_limit,
         lxd_profiles, storage_capacity, allowed_members, cluster_group, remove; dict settings
         such as environment, storage_config and module_variables merge into yours, None deleting
-        a key; a server's settings are saved with it and applied again after a hub restart), groups (only members of one of these JupyterHub groups see and may choose
-        it) and profile_options: {name: {display_name, choices: {slug: {display_name, default,
+        a key; a server's settings are saved with it and applied again after a hub restart),
+        groups (only members of one of these JupyterHub groups see and may choose it) and
+        profile_options: {name: {display_name, choices: {slug: {display_name, default,
         spawner_override}}, unlisted_choice: {enabled, display_name, validation_regex,
         validation_message, spawner_override with {value}}}}. Chosen in the spawn form or
         through the REST API as user_options {"profile": slug, "<option>": choice slug,
