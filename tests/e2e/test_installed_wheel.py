@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from hubtools import Hub, shut_down
+from tf_lxd_spawner import modules
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +56,12 @@ def test_hub_from_the_installed_wheel_spawns_with_the_packaged_module(installed,
         hub.wait_ready("operator")
         assert hub.run_code("operator", token, "print(6 * 7)").strip() == "42"
         ws = tmp_path / "relative-state" / "operator" / "_default"  # relative to the hub's directory
-        assert json.dumps(module) in (ws / "main.tf").read_text()
+        # The workspace names the state_dir's copy of the packaged module (a reinstall elsewhere
+        # never strands it), and that copy is the wheel's module.
+        source = modules.named_source((ws / "main.tf").read_text())
+        assert Path(source).parent == tmp_path / "relative-state" / "_modules", source
+        for f in ("versions.tf", "variables.tf", "main.tf", "outputs.tf"):
+            assert (Path(source) / f).read_text() == (Path(module) / f).read_text(), f
         hub.api("DELETE", "/users/operator/server")
         hub.wait_stopped("operator")
         assert [json.loads(r)["operation"] for r in (ws / "audit.jsonl").read_text().splitlines()] == ["start", "stop"]

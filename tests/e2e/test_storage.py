@@ -234,9 +234,13 @@ def taken(hub, client, control):
         vol = volume(client, f"home-{user}")
         assert {k: vol.config.get(k) for k in foreign} == foreign, vol.config
         assert not [i.name for i in client.instances.all() if i.name == f"jupyter-{user}"]
-        [record] = [json.loads(line) for line in
-                    (hub.state_dir / user / "_volumes" / f"home-{user}" / "audit.jsonl").read_text().splitlines()]
-        assert (record["operation"], record["outcome"]) == ("volume", "failed"), record
+        # Refused before its workspace is written (nothing half-made is left); the server's own
+        # audit record has the refusal.
+        assert not (hub.state_dir / user / "_volumes" / f"home-{user}").exists()
+        records = [json.loads(line) for line in
+                   (hub.state_dir / user / "_default" / "audit.jsonl").read_text().splitlines()]
+        assert [(r["operation"], r["outcome"]) for r in records] == [("start", "failed")], records
+        assert f"home volume home-{user}" in records[0]["error"] and "another hub" in records[0]["error"], records
     finally:
         client.storage_pools.get(POOL).volumes.get("custom", f"home-{user}").delete()
 
