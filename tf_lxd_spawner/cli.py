@@ -25,7 +25,7 @@ from urllib.parse import urlparse, urlunparse
 
 from . import backends, doctor, lxd, naming, orphans
 from . import state as server_state
-from .storage import RELEASED_KEY, VOLUMES_DIR
+from .storage import RELEASED_KEY, VOLUMES_DIR, member_of
 from .terraform import TerraformRunner, pick_binary
 from .workspace import StateUnreadable, Workspace
 
@@ -119,7 +119,7 @@ def _volume_lines(state_dir: Path, endpoint) -> list[str]:
         ws = Workspace(path.parent)
         inputs, outputs = ws.saved_inputs(), ws.state_outputs()
         pool, name = inputs.get("pool", ""), inputs.get("name", "")
-        where = outputs.get("location") if outputs.get("location") not in (None, "", "none") else None
+        where = member_of(outputs)
         try:
             info = asyncio.run(lxd.volume(endpoint, pool, name, target=where, usage=True))
             used = "missing" if info is None else (f"{info.used_bytes / 2**20:.1f}MiB used"
@@ -164,8 +164,7 @@ def cmd_adopt_volume(args, settings) -> int:
         # What the refused spawn left (its lock and audit record): kept beside, for the record.
         os.rename(place, place.with_name(f"{place.name}.refused-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"))
     ws = Workspace(archived[-1])
-    inputs, outputs = ws.saved_inputs(), ws.state_outputs()
-    where = outputs.get("location") if outputs.get("location") not in (None, "", "none") else None
+    inputs, where = ws.saved_inputs(), member_of(ws.state_outputs())
     try:
         asyncio.run(lxd.patch_volume_config(_endpoint(settings), inputs.get("pool") or "default", args.volume,
                                             where, {RELEASED_KEY: ""}))

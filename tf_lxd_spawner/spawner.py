@@ -817,7 +817,7 @@ class LxdSpawner(Spawner):
                         "outcome": "ok", "note": note, "forgotten": forgotten})
         self.progress_bar.emit(4, f"Your kept server {current.instance} no longer exists (it was deleted outside "
                                   f"JupyterHub){volume}: making a new one")
-        await self._commit(ws, current.vanished())
+        await self._commit(ws, current.gone())
         return self.record
 
     async def _failed_start(self, ws: Workspace, stages: Stages, attempt, e: BaseException) -> SpawnError | None:

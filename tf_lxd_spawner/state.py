@@ -73,7 +73,6 @@ class ServerState:
     #: the server, so a stop after the restart does what the start promised.
     settings: dict = dataclasses.field(default_factory=dict)
     profile: str = ""
-    format: int = FORMAT
 
     # -- questions ------------------------------------------------------------------------------
     @property
@@ -114,16 +113,14 @@ class ServerState:
         """The server was renamed: its workspace moved with it."""
         return self._to(self.phase, workspace=workspace)
 
-    def vanished(self) -> "ServerState":
-        """A kept instance was deleted outside the hub: nothing of it is left to keep."""
-        return ServerState(phase=Phase.NONE, workspace=self.workspace, volume=self.volume, since=_now())
 
     def kept(self) -> "ServerState":
         """Stopped and kept: its port is free again (the proxy device listens only while it runs)."""
         return self._to(Phase.KEPT, url="", listen_port=None, keeps_files=True, error="")
 
     def gone(self) -> "ServerState":
-        """Destroyed (or never made): only the workspace path is remembered."""
+        """Destroyed, never made, or deleted outside the hub: only the workspace and volume are
+        remembered."""
         return ServerState(phase=Phase.NONE, workspace=self.workspace, volume=self.volume, since=_now())
 
     def failed(self, error: str) -> "ServerState":
@@ -166,7 +163,6 @@ class ServerState:
         values["keeps_files"] = bool(values.get("keeps_files"))
         values["settings"] = dict(values.get("settings") or {}) if isinstance(values.get("settings"), dict) else {}
         values["profile"] = str(values.get("profile") or "")
-        values["format"] = FORMAT  # read as this format: written back as it at the next change
         return cls(phase=phase, **values)
 
     @staticmethod

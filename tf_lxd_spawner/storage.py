@@ -145,12 +145,13 @@ def set_owner(path: str | Path, user: str, server: str, shared: bool) -> None:
 
 def _unclaimed(spawner, vol: Volume) -> Volume:
     server = "" if vol.shared else (spawner.name or "")
+    owner = owner_of(vol.workspace)
     legacy = _volume_name(spawner, legacy=True)
-    if legacy != vol.name and owner_of(vol.workspace) is None:
+    if legacy != vol.name and owner is None:
         old = vol.workspace.with_name(legacy)
         if owner_of(old) == server and from_workspace(old) is not None:
             return dataclasses.replace(vol, name=legacy, workspace=old)
-    if vol.shared or owner_of(vol.workspace) in (None, server):
+    if vol.shared or owner in (None, server):
         return vol
     for n in range(1, 1000):
         digest = hashlib.sha256(f"{spawner.user.name}\0{server}\0{n}".encode()).hexdigest()[:8]
@@ -176,6 +177,13 @@ def from_workspace(path: str | Path) -> Volume | None:
         shared = not server
     return Volume(inputs["name"], inputs.get("pool") or "default", inputs.get("size") or "", "", Path(path),
                   shared=shared)
+
+
+def member_of(outputs: dict) -> str | None:
+    """The member a volume workspace's state says the volume is on; None on a standalone server
+    or a pool every member shares (the provider writes "" or "none" there)."""
+    where = outputs.get("location")
+    return where if where not in (None, "", "none") else None
 
 
 def render(module_source: str, inputs: list[str], provider_settings: dict) -> str:
@@ -212,7 +220,8 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
     member it is on. Runs under the volume workspace's own lock (a user's servers share it)."""
     ws = Workspace(vol.workspace)
     sp = spawner
-    if not await asyncio.to_thread(ws.path.exists):
+    checked = not await asyncio.to_thread(ws.path.exists)
+    if checked:
         # A volume of this name that is not this workspace's is refused before anything is
         # written: a refused spawn leaves no workspace behind.
         await refuse_existing_volume(sp, vol, target)
@@ -230,7 +239,7 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
         }
         existing = await asyncio.to_thread(ws.state_outputs)
         if existing.get("name"):
-            inputs["target"] = existing.get("location") if existing.get("location") not in ("", "none") else None
+            inputs["target"] = member_of(existing)
             await refuse_shrinking(sp, vol)
         provider_settings = await asyncio.to_thread(
             provider.settings, sp.provider_refresh_interval, sp.endpoint_url, sp.lxd_cert,
@@ -249,7 +258,7 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
             if needs_init:
                 await initialising.initialise(sp, ws, main_tf)
             created = not existing.get("name")
-            if created:
+            if created and not checked:  # a workspace an earlier, failed spawn left
                 await refuse_existing_volume(sp, vol, inputs["target"])
             if created and not await asyncio.to_thread(ws.state_resources):
                 # Nothing in the state: the apply can only create, so no plan is checked first
@@ -388,6 +397,21 @@ def delete_pending(vol: Volume) -> bool:
     return (vol.workspace / PENDING_DELETE).exists()
 
 
+async def _deferred(spawner, vol: Volume, ws: Workspace, record: dict) -> bool:
+    """While another server of the user still has the volume attached, its deletion (or
+    release) waits: marked (PENDING_DELETE) and audited, nothing of it touched; the last of
+    those servers to be deleted does it. The caller holds the volume workspace's lock."""
+    others = await asyncio.to_thread(holders, spawner, vol)
+    if not others:
+        return False
+    note = f"deferred: still attached to {', '.join(others)}; done with the last of them"
+    await asyncio.to_thread(write_private, ws.path / PENDING_DELETE,
+                            json.dumps({"user": spawner.user.name, "waiting_for": others}) + "\n")
+    await ws.audit({**record, "outcome": "deferred", "note": note})
+    spawner.log.info("Home volume %s of %s: %s %s", vol.name, spawner.user.name, record["operation"], note)
+    return True
+
+
 async def delete(spawner, vol: Volume) -> None:
     """Destroy the volume (the user is deleted) and archive its workspace beside the others,
     audit record included; a failure is logged as an error and audited, then raised.
@@ -402,18 +426,11 @@ async def delete(spawner, vol: Volume) -> None:
     async with ws.lock():
         record = {"operation": "volume-delete", "user": sp.user.name, "server": sp.name or "",
                   "volume": vol.name, "pool": vol.pool}
-        others = await asyncio.to_thread(holders, sp, vol)
-        if others:
-            note = f"deferred: still attached to {', '.join(others)}; deleted with the last of them"
-            await asyncio.to_thread(write_private, ws.path / PENDING_DELETE,
-                                    json.dumps({"user": sp.user.name, "waiting_for": others}) + "\n")
-            await ws.audit({**record, "outcome": "deferred", "note": note})
-            sp.log.info("Home volume %s of %s: deletion %s", vol.name, sp.user.name, note)
+        if await _deferred(sp, vol, ws, record):
             return
         try:
             if await asyncio.to_thread(lambda: (ws.path / ".terraform").exists()):
-                where = (await asyncio.to_thread(ws.state_outputs)).get("location")
-                target = where if where not in (None, "", "none") else None
+                target = member_of(await asyncio.to_thread(ws.state_outputs))
                 info = await lxd.volume(sp.endpoint, vol.pool, vol.name, target)
                 if info is not None and info.used_by:
                     # Attached to an instance the records do not know: its snapshots (the way
@@ -443,19 +460,15 @@ async def release(spawner, vol: Volume) -> None:
     if not await asyncio.to_thread(ws.path.exists):
         return
     async with ws.lock():
-        others = await asyncio.to_thread(holders, spawner, vol)
-        if others:  # the last server to go releases it
-            await asyncio.to_thread(write_private, ws.path / PENDING_DELETE,
-                                    json.dumps({"user": spawner.user.name, "waiting_for": others}) + "\n")
+        record = {"operation": "volume-release", "user": spawner.user.name, "server": spawner.name or "",
+                  "volume": vol.name, "pool": vol.pool}
+        if await _deferred(spawner, vol, ws, record):
             return
-        where = (await asyncio.to_thread(ws.state_outputs)).get("location")
-        target = where if where not in (None, "", "none") else None
+        target = member_of(await asyncio.to_thread(ws.state_outputs))
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         # Marked in LXD too, so a new user of the same name is refused it, not given it.
         await lxd.patch_volume_config(spawner.endpoint, vol.pool, vol.name, target, {RELEASED_KEY: stamp})
-        await ws.audit({"operation": "volume-release", "user": spawner.user.name, "server": spawner.name or "",
-                        "volume": vol.name, "pool": vol.pool, "outcome": "ok",
-                        "note": "user deleted; volume kept (delete_storage = False)"})
+        await ws.audit({**record, "outcome": "ok", "note": "user deleted; volume kept (delete_storage = False)"})
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.released-{stamp}"))
     spawner.log.warning("Kept the home volume %s of deleted user %s (delete_storage = False)", vol.name,
                         spawner.user.name)

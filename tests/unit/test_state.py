@@ -97,8 +97,8 @@ def test_to_dict_writes_format_2_and_settings_and_profile_survive_a_round_trip(t
     assert state.read(tmp_path) == rec
     assert state.read(tmp_path).settings["limits"] == {"cpu": "2"}
     # A record that says it is of an older format is written back as the current one
-    assert ServerState(format=1).to_dict()["format"] == 2
-    assert ServerState.from_dict({"phase": "kept", "instance": "i", "keeps_files": True}).format == 2
+    assert ServerState.from_dict({"phase": "kept", "instance": "i", "format": 1}).to_dict()["format"] == 2
+    assert ServerState.from_dict({"phase": "kept", "instance": "i", "keeps_files": True}).to_dict()["format"] == 2
 
 
 def test_records_from_0_1_0_and_nonsense_settings_read_as_no_settings():
@@ -163,7 +163,7 @@ def test_a_vanished_kept_instance_leaves_only_its_workspace_and_volume():
     kept = _old(ServerState().creating("i", "/ws", "img", True, volume="/v").running(
         "m1", "http://h:1", "127.0.0.1", 20001, keep_on_stop=True, settings={"remove": False}, profile="p").kept())
     assert kept.resumable
-    gone = kept.vanished()
+    gone = kept.gone()  # what a kept instance deleted outside the hub leaves
     assert gone == ServerState(workspace="/ws", volume="/v", since=gone.since)
     assert gone.phase is Phase.NONE and not gone.exists and not gone.resumable and not gone.keeps_files
     assert gone.instance == "" and gone.settings == {} and gone.profile == "" and gone.member == ""
