@@ -145,7 +145,7 @@ class ServerState:
         `phase`) was a running server; whether it holds the user's files is then only known from
         the configuration it ran under (`keeps_files_before_records`: remove was False)."""
         data = dict(data or {})
-        if "phase" not in data:
+        if cls.format_of(data) == 0:
             if not data.get("instance"):
                 return cls(workspace=str(data.get("workspace") or ""))
             data["phase"] = Phase.RUNNING.value
