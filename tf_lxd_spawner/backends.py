@@ -23,16 +23,21 @@ class Backend:
     #: Whether the LXD provider (v1.5.0) can write files into its instances: it uploads through
     #: /1.0/containers/<name>/files, which Incus removed (creating uses /1.0/instances and works).
     provider_files: bool
+    import_header: str  # the prefix of the headers a volume import's name and type go in
+
+    def local_dir(self) -> str:
+        """The daemon's directory on this host (its pools are under storage-pools/)."""
+        return os.environ.get(self.dir_env) or self.default_dir
 
     def local_socket(self) -> str:
         """The unix socket of the daemon on this host, as its own client finds it."""
         if self.name == "incus" and os.environ.get("INCUS_SOCKET"):
             return os.environ["INCUS_SOCKET"]
-        return os.path.join(os.environ.get(self.dir_env) or self.default_dir, "unix.socket")
+        return os.path.join(self.local_dir(), "unix.socket")
 
 
-LXD = Backend("lxd", "LXD", "LXD_DIR", "/var/lib/lxd", "raw.idmap", provider_files=True)
-INCUS = Backend("incus", "Incus", "INCUS_DIR", "/var/lib/incus", "shift", provider_files=False)
+LXD = Backend("lxd", "LXD", "LXD_DIR", "/var/lib/lxd", "raw.idmap", provider_files=True, import_header="X-LXD")
+INCUS = Backend("incus", "Incus", "INCUS_DIR", "/var/lib/incus", "shift", provider_files=False, import_header="X-Incus")
 BACKENDS = {b.name: b for b in (LXD, INCUS)}
 
 

@@ -548,3 +548,134 @@ async def delete_volume_snapshots(endpoint: Endpoint, pool: str, name: str, targ
     """Delete a custom volume's snapshots (LXD 5.0 refuses to delete a volume that has some);
     returns how many there were."""
     return await _run(endpoint, lambda c: _delete_volume_snapshots(c, pool, name, target), "delete_snapshots")
+
+
+# ---- a home volume's snapshots, moves and backups (the homes commands and the restore page) ----
+
+def _volume_path(client: pylxd.Client, pool: str, name: str):
+    return client.api.storage_pools[pool].volumes.custom[name]
+
+
+def _params(target: str | None) -> dict | None:
+    return {"target": target} if target else None
+
+
+def _wait(client: pylxd.Client, response) -> None:
+    """Wait for the background operation a request started, if it started one."""
+    operation = (response.json() or {}).get("operation")
+    if operation:
+        client.operations.wait_for_operation(operation)
+
+
+def _snapshot_volume(client, pool, name, target, snapshot) -> None:
+    path = _volume_path(client, pool, name)
+    _wait(client, path.snapshots.post(json={"name": snapshot}, params=_params(target)))
+
+
+async def snapshot_volume(endpoint: Endpoint, pool: str, name: str, target: str | None, snapshot: str) -> None:
+    """Take a snapshot of a custom volume now (its expiry: the volume's snapshots.expiry)."""
+    await _run(endpoint, lambda c: _snapshot_volume(c, pool, name, target, snapshot), "snapshot_volume")
+
+
+def _volume_snapshots(client, pool, name, target) -> list[dict]:
+    path = _volume_path(client, pool, name)
+    raw = path.snapshots.get(params={"recursion": 1, **(_params(target) or {})}).json().get("metadata") or []
+    found = [{"name": s["name"].rsplit("/", 1)[-1], "created_at": s.get("created_at") or "",
+              "expires_at": s.get("expires_at") or ""} for s in raw]
+    return found  # the daemon lists them in the order they were taken
+
+
+async def volume_snapshots(endpoint: Endpoint, pool: str, name: str, target: str | None = None) -> list[dict]:
+    """A custom volume's snapshots, oldest first: {name, created_at, expires_at}."""
+    return await _run(endpoint, lambda c: _volume_snapshots(c, pool, name, target), "volume_snapshots")
+
+
+def _restore_volume(client, pool, name, target, snapshot) -> None:
+    path = _volume_path(client, pool, name)
+    current = path.get(params=_params(target)).json()["metadata"]
+    _wait(client, path.put(json={"config": current.get("config") or {}, "description": current.get("description", ""),
+                                 "restore": snapshot}, params=_params(target)))
+
+
+async def restore_volume(endpoint: Endpoint, pool: str, name: str, target: str | None, snapshot: str) -> None:
+    """Put a custom volume back to one of its snapshots (the daemon refuses while a running
+    instance has it attached)."""
+    await _run(endpoint, lambda c: _restore_volume(c, pool, name, target, snapshot), "restore_volume")
+
+
+def _rename_volume(client, pool, name, target, new_name) -> None:
+    _wait(client, _volume_path(client, pool, name).post(json={"name": new_name}, params=_params(target)))
+
+
+async def rename_volume(endpoint: Endpoint, pool: str, name: str, target: str | None, new_name: str) -> None:
+    """Rename a custom volume (snapshots follow; refused while an instance has it attached)."""
+    await _run(endpoint, lambda c: _rename_volume(c, pool, name, target, new_name), "rename_volume")
+
+
+def _copy_volume_to_member(client, pool, name, source, destination) -> None:
+    body = {"name": name, "type": "custom",
+            "source": {"type": "copy", "pool": pool, "name": name, "location": source, "volume_only": False}}
+    _wait(client, client.api.storage_pools[pool].volumes.custom.post(json=body, params={"target": destination}))
+
+
+def _delete_volume(client, pool, name, target) -> None:
+    _delete_volume_snapshots(client, pool, name, target)
+    _wait(client, _volume_path(client, pool, name).delete(params=_params(target)))
+
+
+async def move_volume_to_member(endpoint: Endpoint, pool: str, name: str, source: str, destination: str) -> None:
+    """Move a custom volume of a pool local to each member to another member: the daemon copies
+    it there with its snapshots, then the original (and its snapshots) is deleted. A failed
+    copy leaves the original as it was."""
+    def move(client):
+        _copy_volume_to_member(client, pool, name, source, destination)
+        _delete_volume(client, pool, name, source)
+
+    await _run(endpoint, move, "move_volume")
+
+
+async def delete_volume(endpoint: Endpoint, pool: str, name: str, target: str | None = None) -> None:
+    """Delete a custom volume and its snapshots."""
+    await _run(endpoint, lambda c: _delete_volume(c, pool, name, target), "delete_volume")
+
+
+def _volume_locations(client, pool, name) -> list[str]:
+    raw = client.api.storage_pools[pool].volumes.get(params={"recursion": 1}).json().get("metadata") or []
+    return sorted({v.get("location") or "" for v in raw if v.get("type") == "custom" and v.get("name") == name})
+
+
+async def volume_locations(endpoint: Endpoint, pool: str, name: str) -> list[str]:
+    """The members a custom volume of this name is on ("" or "none" on a standalone server)."""
+    return await _run(endpoint, lambda c: _volume_locations(c, pool, name), "volume_locations")
+
+
+def _export_volume(client, pool, name, target, out) -> None:
+    path = _volume_path(client, pool, name)
+    backup = f"tf-lxd-export-{int(time.time())}"
+    _wait(client, path.backups.post(json={"name": backup, "volume_only": False, "optimized_storage": False},
+                                    params=_params(target)))
+    try:
+        response = path.backups[backup].export.get(params=_params(target), stream=True)
+        for chunk in response.iter_content(chunk_size=1 << 20):
+            out.write(chunk)
+    finally:
+        _wait(client, path.backups[backup].delete(params=_params(target)))
+
+
+async def export_volume(endpoint: Endpoint, pool: str, name: str, target: str | None, out) -> None:
+    """Write a backup of a custom volume (files and snapshots, a tarball the daemon makes) to
+    the binary file object `out`."""
+    await _run(endpoint, lambda c: _export_volume(c, pool, name, target, out), "export_volume")
+
+
+def _import_volume(client, pool, name, target, source, header_prefix) -> None:
+    headers = {"Content-Type": "application/octet-stream", f"{header_prefix}-name": name}
+    _wait(client, client.api.storage_pools[pool].volumes.custom.post(data=source, headers=headers,
+                                                                       params=_params(target)))
+
+
+async def import_volume(endpoint: Endpoint, pool: str, name: str, target: str | None, source,
+                        header_prefix: str = "X-LXD") -> None:
+    """Make a custom volume `name` from a backup tarball (what export_volume wrote), read from
+    the binary file object `source`."""
+    await _run(endpoint, lambda c: _import_volume(c, pool, name, target, source, header_prefix), "import_volume")

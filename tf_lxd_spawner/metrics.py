@@ -56,6 +56,12 @@ RECOVERIES = Counter(
 ORPHANS_CLEANED = Counter(
     "tf_lxd_spawner_orphans_cleaned_total",
     "Instances of this hub that no workspace state held, removed (stray instances of interrupted runs)")
+HOME_USED = Gauge(
+    "tf_lxd_spawner_home_used_bytes", "Space used in each home volume, as the pool counts it, at its server's last start",
+    ["user", "volume"])
+HOME_QUOTA = Gauge(
+    "tf_lxd_spawner_home_quota_bytes", "Quota of each home volume (0: none), at its server's last start",
+    ["user", "volume"])
 LXD_SECONDS = Histogram(
     "tf_lxd_spawner_lxd_request_duration_seconds",
     "One call to the LXD/Incus API (may be several HTTP requests, operation waits included), by call",

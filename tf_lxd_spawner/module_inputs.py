@@ -9,7 +9,7 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.utils import maybe_future
 
-from . import hub_relay
+from . import hub_relay, lxd, snapshots
 from . import inputs as config_inputs
 from .errors import SpawnError
 from .ports import resolve
@@ -71,6 +71,10 @@ async def start_hub_relay(spawner) -> str:
 
 def container_env(spawner, api_url_inside: str) -> dict[str, str]:
     env = spawner.get_env()
+    if spawner.storage_enabled:
+        # Jupyter's runtime files (connection files, the server's own) off the home: a home at
+        # its quota must not keep the server from starting, or its user from cleaning it up.
+        env.setdefault("JUPYTER_RUNTIME_DIR", "/tmp/jupyter-runtime")
     env["JUPYTERHUB_API_URL"] = api_url_inside
     env["JUPYTERHUB_ACTIVITY_URL"] = "/".join(
         [api_url_inside.rstrip("/"), "users", getattr(spawner.user, "escaped_name", spawner.user.name), "activity"]
@@ -155,4 +159,24 @@ async def module_inputs(spawner, plan, listen_address: str, listen_port: int | N
     if plan.volume is not None:  # the home volume first; an operator's own volumes after it
         home = {"name": HOME_DEVICE, "pool": plan.volume.pool, "source": plan.volume.name, "path": plan.volume.mount_path}
         found["volumes"] = [home, *found.get("volumes", [])]
+        shown = await snapshots_disk(spawner, plan.volume)
+        if shown:
+            found["disks"] = [*found["disks"], shown]
     return found
+
+
+async def snapshots_disk(spawner, vol) -> dict | None:
+    """The home's snapshots, read-only, at storage_snapshots_mount: when the pool keeps them as
+    directories this host can reach (see snapshots.make_browsable)."""
+    where = spawner.storage_snapshots_mount
+    if not where or (spawner.remote_endpoint and not spawner.storage_pool_dir):
+        return None
+    if await lxd.pool_driver(spawner.endpoint, vol.pool) not in snapshots.BROWSABLE_DRIVERS:
+        return None
+    pool_path = snapshots.pool_dir(spawner.storage_pool_dir, spawner.backend_info.local_dir(), vol.pool)
+    source = snapshots.host_dir(pool_path, vol.name)
+    if not await asyncio.to_thread(snapshots.make_browsable, source):
+        spawner.log.info("No snapshots mount for %s: %s is not reachable from this host", vol.name, source)
+        return None
+    path = where if where.startswith("/") else f"{vol.mount_path.rstrip('/')}/{where}"
+    return {"name": snapshots.DEVICE, "source": str(source), "path": path, "readonly": True}

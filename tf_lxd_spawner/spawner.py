@@ -26,7 +26,8 @@ from traitlets import (Any, Bool, Callable, Dict, Enum, Float, Int, List, TraitE
                        observe, validate)
 
 from . import inputs as config_inputs
-from . import audit, backends, lxd, metrics, naming, preflight, profiles, recovery, renaming, starting, stopping, storage
+from . import (audit, backends, lxd, metrics, naming, preflight, profiles, recovery, renaming, retention, starting,
+               stopping, storage)
 from . import state as server_state
 from .environment import DEFAULT_ALLOWED
 from .module_inputs import start_hub_relay
@@ -294,6 +295,65 @@ class LxdSpawner(Spawner):
     @default("storage_module_source")
     def _default_storage_module_source(self):
         return default_module_source("storage")
+
+    storage_snapshot_schedule = Unicode(
+        "@daily",
+        help="""When the daemon snapshots each home volume (its snapshots.schedule: a cron
+        expression or @hourly, @daily, @weekly...). The spawner also snapshots a home before it
+        restores, grows, moves or deletes it. Empty: no scheduled snapshots. Every pool driver
+        can snapshot; on a `dir` pool each snapshot is a full copy (doctor says so).""",
+    ).tag(config=True)
+
+    storage_snapshot_expiry = Unicode(
+        "2w",
+        help="""How long the daemon keeps each snapshot of a home (its snapshots.expiry: 2w, 3d,
+        12H...), scheduled ones and the spawner's own. Empty: kept until deleted by hand.""",
+    ).tag(config=True)
+
+    storage_snapshot_pattern = Unicode(
+        "{{ creation_date|date:'2006-01-02_15-04' }}",
+        help="""Name of each scheduled snapshot (the daemon's snapshots.pattern: a pongo2
+        template, or a name with %d for a counter). The default names them by their UTC date and
+        time, which is what users see in ~/.snapshots.""",
+    ).tag(config=True)
+
+    storage_snapshots_mount = Unicode(
+        ".snapshots",
+        help="""Where users find their home's snapshots, read-only, inside their server: a path
+        relative to the home (or absolute). Each snapshot is a folder named after it; a user
+        copies a file back with no administrator involved. Needs a pool whose snapshots are
+        directories (btrfs, dir) that this host can reach (the daemon on this host, or
+        storage_pool_dir set). Empty: not shown.""",
+    ).tag(config=True)
+
+    storage_pool_dir = Unicode(
+        "",
+        help="""Where the home pool's files are on the members ({pool}: its name), for the
+        snapshots mount and `tf-lxd-spawner home restore --path`. Empty: the daemon's own
+        directory on this host (/var/lib/lxd or /var/lib/incus, or $LXD_DIR / $INCUS_DIR), and
+        only for a daemon on this host (a local socket).""",
+    ).tag(config=True)
+
+    storage_retention_days = Float(
+        14.0,
+        help="""How long the home of a deleted user (by an admin, or by the idle culler's
+        --cull-users) is kept before it is purged: renamed out of reach of a new user of the same
+        name, listed by `tf-lxd-spawner home list`, restorable by `tf-lxd-spawner home
+        undelete`. 0: deleted with the user at once. Only with delete_storage (False keeps
+        homes for ever).""",
+    ).tag(config=True)
+
+    storage_purge_interval = Float(
+        3600.0,
+        help="""Seconds between the hub's own purges of homes whose retention is over (also
+        `tf-lxd-spawner home purge`, for cron). 0: only by the command.""",
+    ).tag(config=True)
+
+    storage_nearly_full = Float(
+        0.9,
+        help="""Share of a home's quota (0-1) above which the spawn page warns the user that their
+        home is nearly full. The metric tf_lxd_spawner_home_used_bytes gives each home's use.""",
+    ).tag(config=True)
 
     # ---- Terraform ------------------------------------------------------------------------------
     terraform_path = Unicode(
@@ -717,6 +777,7 @@ class LxdSpawner(Spawner):
 
     async def start(self):
         self.progress_bar.begin()
+        retention.keep_purging(self)
         self._start_task = asyncio.ensure_future(self._start())
         try:
             return await self._start_task
@@ -1022,7 +1083,12 @@ class LxdSpawner(Spawner):
             # A shared volume goes with the user (the default server's deletion), after every
             # other server that has it attached: the last of them deletes it when it was deferred.
             if not vol.shared or not self.name or await asyncio.to_thread(storage.delete_pending, vol):
-                await (storage.delete(self, vol) if self.delete_storage else storage.release(self, vol))
+                if not self.delete_storage:
+                    await storage.release(self, vol)
+                elif self.storage_retention_days > 0:
+                    await retention.retain(self, vol)
+                else:
+                    await storage.delete(self, vol)
 
     async def rename(self, old_name, new_name):
         """JupyterHub 6: a stopped named server is renamed; its workspace moves (renaming)."""

@@ -65,6 +65,7 @@ async def start(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt) 
         if plan.volume is not None:
             with stages.timed("storage"):
                 where = await storage.ensure(spawner, plan.volume, plan.target)
+                await storage.report_use(spawner, plan.volume, where)
             if plan.members and where and where != plan.target:
                 # LXD chose the volume's member, or another server of this user made the volume
                 # first, elsewhere: the server goes where the volume is.

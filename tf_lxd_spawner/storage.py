@@ -21,10 +21,10 @@ import os
 import re
 from pathlib import Path
 
-from . import audit, initialising, lxd, modules, naming, provider
+from . import audit, initialising, lxd, metrics, modules, naming, provider
 from . import state as server_state
 from .errors import SpawnError
-from .terraform import planned_replacements
+from .terraform import planned_creations, planned_replacements
 from .workspace import Workspace, _env, write_private
 
 VOLUMES_DIR = "_volumes"  # '_' is escaped in server directory names: no server can be called this
@@ -38,6 +38,9 @@ OWNER_FILE = "owner.json"
 PENDING_DELETE = "delete-pending.json"
 #: LXD config key of a volume kept with its deleted user (delete_storage = False).
 RELEASED_KEY = "user.tf-lxd-spawner.released"
+#: The quota an operator gave one home (`tf-lxd-spawner home grow`): storage_capacity applies
+#: when it is larger, never a smaller one.
+GROWN_FILE = "quota.json"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtpe]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 
@@ -98,9 +101,32 @@ async def resolve(spawner) -> Volume:
     renamed away from this name keeps its volume), a name of its own. Never another's files."""
     vol = volume_for(spawner)
     recorded = await recorded_volume(spawner, vol)
-    if recorded is not vol:
-        return recorded
-    return await asyncio.to_thread(_unclaimed, spawner, vol)
+    if recorded is vol:
+        recorded = await asyncio.to_thread(_unclaimed, spawner, vol)
+    return await asyncio.to_thread(with_grown_quota, recorded)
+
+
+def with_grown_quota(vol: Volume) -> Volume:
+    """`vol` with the quota an operator grew it to, when that is larger than the configured one.
+    Blocking."""
+    try:
+        grown = str(json.loads((vol.workspace / GROWN_FILE).read_text(encoding="utf-8"))["size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return vol
+    try:
+        larger = (size_bytes(grown) or 0) > (size_bytes(vol.size) or 0) and bool(vol.size)
+    except ValueError:
+        return vol
+    return dataclasses.replace(vol, size=grown) if larger else vol
+
+
+def volume_config(spawner) -> dict[str, str]:
+    """The volume's LXD config: the snapshot schedule settings, then storage_config over them."""
+    config = {"snapshots.schedule": spawner.storage_snapshot_schedule,
+              "snapshots.expiry": spawner.storage_snapshot_expiry,
+              "snapshots.pattern": spawner.storage_snapshot_pattern}
+    config.update({str(k): str(v) for k, v in (spawner.storage_config or {}).items()})
+    return {k: v for k, v in config.items() if v not in ("", None)}
 
 
 async def recorded_volume(spawner, vol: Volume) -> Volume:
@@ -209,10 +235,70 @@ async def location(spawner, vol: Volume) -> str | None:
     state = await asyncio.to_thread(Workspace(vol.workspace).state_outputs)
     if not state.get("name"):
         return None
-    info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=state.get("location") or None)
-    if info is None:
-        return None
-    return info.location
+    recorded = member_of(state)
+    info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=recorded)
+    if info is not None:
+        return info.location
+    if recorded:
+        return await follow(spawner, vol, recorded)
+    return None
+
+
+async def follow(spawner, vol: Volume, recorded: str) -> str:
+    """The volume is not on the member its state says: moved outside the spawner (`cluster
+    evacuate`, `storage volume move` by hand). The state follows it when it is on exactly one
+    other member and is this workspace's (audited); otherwise the start is refused. Never a
+    new, empty volume in its place."""
+    found = [m for m in await lxd.volume_locations(spawner.endpoint, vol.pool, vol.name) if m not in ("", "none")]
+    mine = []
+    for member in found:
+        info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=member)
+        if info is not None and info.config.get(lxd.WORKSPACE_KEY) == str(vol.workspace):
+            mine.append(member)
+    if len(mine) != 1:
+        where = ", ".join(found) or "no member"
+        raise SpawnError(
+            f"your home volume {vol.name} is not on cluster member {recorded}, where it was made, and it could "
+            "not be found for certain elsewhere. Nothing was changed; ask the administrator.", reason="storage",
+            log_message=f"home volume {vol.name} (pool {vol.pool}) is not on {recorded}; volumes of that name are on "
+                        f"{where}. Move it back, or point its workspace at the right one (tf-lxd-spawner home move)")
+    ws = Workspace(vol.workspace)
+    async with ws.lock():
+        await set_volume(spawner.runner, ws, target=mine[0])
+        await ws.audit({"operation": "volume-follow", "user": spawner.user.name, "server": spawner.name or "",
+                        "volume": vol.name, "pool": vol.pool, "from": recorded, "to": mine[0], "outcome": "ok",
+                        "note": "the volume was moved outside the spawner; its workspace follows it"})
+    spawner.log.warning("Home volume %s of %s moved from %s to %s outside the spawner: its workspace follows it",
+                        vol.name, spawner.user.name, recorded, mine[0])
+    return mine[0]
+
+
+async def set_volume(runner, ws: Workspace, **attributes) -> None:
+    """Bring a volume workspace along after the daemon changed the volume (renamed: name=,
+    moved to another member: target=): its inputs and its state, so the next plan changes
+    nothing. The caller holds the workspace's lock."""
+    def inputs():
+        found = ws.saved_inputs()
+        found.update(attributes)
+        write_private(ws.tfvars, json.dumps(found, indent=2, sort_keys=True) + "\n")
+        (ws.path / APPLIED_STAMP).unlink(missing_ok=True)
+
+    def change(state: dict) -> None:
+        for res in state.get("resources", []):
+            if res.get("type") != "lxd_volume":
+                continue
+            for inst in res.get("instances", []):
+                attrs = inst["attributes"]
+                attrs.update(attributes)
+                attrs["id"] = f"{attrs['pool']}/{attrs['name']}/{attrs.get('type') or 'custom'}"
+        outputs = state.get("outputs") or {}
+        if "name" in attributes and "name" in outputs:
+            outputs["name"]["value"] = attributes["name"]
+        if "target" in attributes and "location" in outputs:
+            outputs["location"]["value"] = attributes["target"] or "none"
+
+    await runner.rewrite_state(ws.path, change)
+    await asyncio.to_thread(inputs)
 
 
 async def ensure(spawner, vol: Volume, target: str | None) -> str:
@@ -232,7 +318,7 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
                                     vol.shared)
         inputs = {
             "name": vol.name, "pool": vol.pool, "size": vol.size or None,
-            "config": {str(k): str(v) for k, v in (sp.storage_config or {}).items()},
+            "config": volume_config(sp),
             "target": target or None,
             "labels": {"managed": "true", "user": sp.user.name, "server": "" if vol.shared else (sp.name or ""),
                        "workspace": str(vol.workspace), "hub_id": await sp.owner_id(), "kind": "home"},
@@ -268,6 +354,13 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
             else:
                 plan = await sp.runner.run("plan", f"-out={PLAN_FILE}", cwd=ws.path, log_path=ws.run_log("plan"))
                 await ws.seal()
+            if plan and existing.get("name") and planned_creations(plan.events, "lxd_volume"):
+                raise SpawnError(
+                    f"your home volume {vol.name} is missing: it is not where it was made, and a new, empty one "
+                    "was not made in its place. Nothing was changed; ask the administrator.", reason="storage",
+                    log_message=f"the plan for volume {vol.name} creates it again: the daemon no longer has it "
+                                f"on pool {vol.pool} (member {existing.get('location') or '-'!r}); find it "
+                                "(tf-lxd-spawner home list) or restore it (tf-lxd-spawner home import)")
             replaced = planned_replacements(plan.events, "lxd_volume") if plan else []
             if replaced:
                 raise SpawnError(
@@ -302,6 +395,27 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
             sp.progress_bar.emit(28, f"Made your home volume {vol.name} ({vol.size or 'no quota'}): it starts "
                                      "empty and keeps your files across every stop")
         return where
+
+
+async def report_use(spawner, vol: Volume, target: str | None) -> None:
+    """Publish the home's use (metrics) and warn the user, on the spawn page, when it is nearly
+    full: at its quota the server still starts (its runtime files are off the home), but
+    nothing new can be saved until files are deleted."""
+    try:
+        info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=target or None, usage=True)
+        quota = size_bytes(vol.size) or 0
+    except (lxd.LxdUnavailable, ValueError):
+        return
+    if info is None or info.used_bytes is None:
+        return
+    metrics.HOME_USED.labels(spawner.user.name, vol.name).set(info.used_bytes)
+    metrics.HOME_QUOTA.labels(spawner.user.name, vol.name).set(quota)
+    if quota and info.used_bytes >= spawner.storage_nearly_full * quota:
+        share = min(100, round(100 * info.used_bytes / quota))
+        spawner.progress_bar.emit(30, f"Warning: your home is {share}% full ({info.used_bytes / 2**20:.0f} MiB of "
+                                      f"{quota / 2**20:.0f} MiB). Delete files you no longer need; at 100% nothing "
+                                      "new can be saved.")
+        spawner.log.warning("Home volume %s of %s is %d%% full", vol.name, spawner.user.name, share)
 
 
 _first_attach_locks: dict[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = {}
@@ -376,11 +490,12 @@ async def refuse_shrinking(spawner, vol: Volume) -> None:
                         "only grow; set it back, or resize by hand")
 
 
-def holders(spawner, vol: Volume) -> list[str]:
-    """The user's other servers whose record says they still have something in LXD that mounts
-    `vol` (a kept or running instance, or one whose clean-up failed). Blocking."""
+def holders(spawner, vol: Volume, own_too: bool = False) -> list[str]:
+    """The user's other servers (with `own_too`, this one too) whose record says they still have
+    something in LXD that mounts `vol` (a kept or running instance, or one whose clean-up
+    failed). Blocking."""
     user_dir = volumes_dir(spawner).parent
-    mine = spawner.workspace_dir().path
+    mine = None if own_too else spawner.workspace_dir().path
     found = []
     for ws in sorted(user_dir.iterdir()) if user_dir.is_dir() else []:
         if ws.name == VOLUMES_DIR or ".deleted-" in ws.name or ws == mine or not ws.is_dir():
@@ -397,7 +512,7 @@ def delete_pending(vol: Volume) -> bool:
     return (vol.workspace / PENDING_DELETE).exists()
 
 
-async def _deferred(spawner, vol: Volume, ws: Workspace, record: dict) -> bool:
+async def deferred(spawner, vol: Volume, ws: Workspace, record: dict) -> bool:
     """While another server of the user still has the volume attached, its deletion (or
     release) waits: marked (PENDING_DELETE) and audited, nothing of it touched; the last of
     those servers to be deleted does it. The caller holds the volume workspace's lock."""
@@ -426,7 +541,7 @@ async def delete(spawner, vol: Volume) -> None:
     async with ws.lock():
         record = {"operation": "volume-delete", "user": sp.user.name, "server": sp.name or "",
                   "volume": vol.name, "pool": vol.pool}
-        if await _deferred(sp, vol, ws, record):
+        if await deferred(sp, vol, ws, record):
             return
         try:
             if await asyncio.to_thread(lambda: (ws.path / ".terraform").exists()):
@@ -462,7 +577,7 @@ async def release(spawner, vol: Volume) -> None:
     async with ws.lock():
         record = {"operation": "volume-release", "user": spawner.user.name, "server": spawner.name or "",
                   "volume": vol.name, "pool": vol.pool}
-        if await _deferred(spawner, vol, ws, record):
+        if await deferred(spawner, vol, ws, record):
             return
         target = member_of(await asyncio.to_thread(ws.state_outputs))
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -85,19 +85,29 @@ class RunResult:
     stdout: str = ""
 
 
-def planned_replacements(events: list[Event], resource_type: str) -> list[str]:
-    """Addresses of `resource_type` resources a plan would delete or replace, each with
-    Terraform's reason when it gives one ("tainted", "cannot_update": a setting that forces a
-    new resource changed), so the operator's log says why."""
+def _planned(events: list[Event], resource_type: str, actions: tuple[str, ...]) -> list[str]:
     found = []
     for ev in events:
         change = ev.get("change") or {}
         resource = change.get("resource") or {}
-        if ev.get("type") == "planned_change" and resource.get("resource_type") == resource_type:
-            if change.get("action") in ("delete", "replace"):
-                reason = change.get("reason")
-                found.append(resource.get("addr", "") + (f" ({reason})" if reason else ""))
+        if ev.get("type") == "planned_change" and resource.get("resource_type") == resource_type \
+                and change.get("action") in actions:
+            reason = change.get("reason")
+            found.append(resource.get("addr", "") + (f" ({reason})" if reason else ""))
     return found
+
+
+def planned_replacements(events: list[Event], resource_type: str) -> list[str]:
+    """Addresses of `resource_type` resources a plan would delete or replace, each with
+    Terraform's reason when it gives one ("tainted", "cannot_update": a setting that forces a
+    new resource changed), so the operator's log says why."""
+    return _planned(events, resource_type, ("delete", "replace"))
+
+
+def planned_creations(events: list[Event], resource_type: str) -> list[str]:
+    """Addresses of `resource_type` resources a plan would create anew (not replace): one the
+    state held has vanished."""
+    return _planned(events, resource_type, ("create",))
 
 
 def diagnostic_errors(events: list[Event]) -> list[str]:
@@ -331,6 +341,22 @@ class TerraformRunner:
         if gone:
             await self.run("state", "rm", "-lock-timeout=120s", *gone, cwd=cwd, log_path=log_path)
         return gone
+
+    async def rewrite_state(self, cwd: str | Path, change: Callable[[dict], None]) -> None:
+        """Change a workspace's state the supported way: `state pull`, `change(state)` in place,
+        a higher serial, `state push`. For what the daemon changed on its own or by our hand and
+        the provider cannot read back (a volume renamed or moved to another member)."""
+        pulled = await self.run("state", "pull", cwd=cwd)
+        state = json.loads(pulled.stdout)
+        change(state)
+        state["serial"] = int(state.get("serial") or 0) + 1
+        fd, path = tempfile.mkstemp(prefix=".state-push-", suffix=".json", dir=cwd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(state, f)
+            await self.run("state", "push", "-lock-timeout=120s", path, cwd=cwd)
+        finally:
+            os.unlink(path)
 
     async def version(self) -> dict:
         """`version -json` of the binary: {"terraform_version": ..., ...}; {} when it cannot run
