@@ -6,6 +6,8 @@
     tf-lxd-spawner doctor   [--json] [--lxd-endpoint E ...]  exit 0: every check passed, 1: one failed
     tf-lxd-spawner adopt-volume --user U --volume V   give a volume kept with a deleted user
                             (delete_storage = False) back to the new user of that name
+    tf-lxd-spawner home list|snapshots|snapshot|restore|grow|move|export|import|undelete|purge
+                            a user's home volume: its snapshots, a way back, a backup, retention
 
 -f reads the settings of jupyterhub_config.py, as the hub would (defaults and validation are
 the spawner's own); options on the command line override them.
@@ -23,7 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse, urlunparse
 
-from . import backends, doctor, lxd, naming, orphans
+from . import backends, doctor, home_commands, lxd, naming, orphans
 from . import state as server_state
 from .storage import RELEASED_KEY, VOLUMES_DIR, member_of
 from .terraform import TerraformRunner, pick_binary
@@ -67,10 +69,10 @@ def _hub(cfg):
     return hub
 
 
-def spawner_from(args):
+def spawner_from(args, user_name: str = "doctor", server_name: str = ""):
     """An LxdSpawner configured as the hub would configure it (jupyterhub_config.py, then the
-    command line's options), for a stand-in user: its traits are the settings, with the
-    spawner's own defaults and validation."""
+    command line's options), for a user (a stand-in by default): its traits are the settings,
+    with the spawner's own defaults and validation."""
     from . import LxdSpawner
 
     cfg = _load_config(args.config)
@@ -81,9 +83,9 @@ def spawner_from(args):
         if key == "lxd_verify" and value.lower() in ("true", "false"):
             value = value.lower() == "true"
         cfg.LxdSpawner[key] = value
-    user = SimpleNamespace(name="doctor", url="/user/doctor/", escaped_name="doctor", state=None)
-    orm_spawner = SimpleNamespace(name="", server=None, state=None)
-    return LxdSpawner(config=cfg, user=user, hub=_hub(cfg), orm_spawner=orm_spawner)
+    user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, state=None)
+    orm_spawner = SimpleNamespace(name=server_name, server=None, state=None)
+    return LxdSpawner(config=cfg, user=user, hub=_hub(cfg), orm_spawner=orm_spawner, name=server_name)
 
 
 def _settings(spawner) -> dict:
@@ -263,6 +265,7 @@ def main(argv=None) -> int:
     adopt.add_argument("--user", required=True, help="the JupyterHub user")
     adopt.add_argument("--volume", required=True, help="the volume's name (the refused spawn's log names it)")
     _daemon_options(adopt)
+    home_commands.add_parser(sub, _daemon_options)
     args = parser.parse_args(argv)
     try:
         spawner = spawner_from(args)
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
         return 2
     if args.command == "doctor":
         return cmd_doctor(args, spawner)
+    if args.command == "home":
+        return home_commands.run(args, lambda user, server="": spawner_from(args, user, server))
     return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans,
             "adopt-volume": cmd_adopt_volume}[args.command](args, _settings(spawner))
 
