@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
-from . import backends, hub_relay, lxd, preflight, provider
+from . import backends, hub_relay, lxd, preflight, provider, snapshots
 from .errors import SpawnError
 from .inputs import ConfigError, check_subid_allowed, image_choices
 from .module_inputs import host_and_port, hub_address
@@ -594,6 +594,54 @@ async def check_storage(ctx: Context) -> Check:
     return ok(name, f"home volumes on pool {sp.storage_pool!r} ({driver}): {quota}")
 
 
+def culler_deletes_users(config) -> bool:
+    """Whether a service of the hub's config runs the idle culler so that it deletes users:
+    `--cull-users` (1.x: a bare flag), `--cull-users=<true>`, `--cull-users <true>` or
+    `--IdleCuller.cull_users=<true>`."""
+    services = config.get("JupyterHub", {}).get("services", []) if hasattr(config, "get") else []
+    for service in services or []:
+        argv = [str(a) for a in (service.get("command") or [])]
+        for i, arg in enumerate(argv):
+            name, eq, value = arg.partition("=")
+            if name not in ("--cull-users", "--IdleCuller.cull_users"):
+                continue
+            if not eq:
+                nxt = argv[i + 1] if i + 1 < len(argv) else ""
+                value = "true" if not nxt or nxt.startswith("-") else nxt
+            if value.strip().lower() in ("true", "1", "yes", "on"):
+                return True
+    return False
+
+
+async def check_snapshots(ctx: Context) -> Check:
+    """Homes are snapshotted (schedule, pool), users see their snapshots, and a deleted user's
+    home is kept for a while (above all when the idle culler deletes users)."""
+    name, sp = "snapshots", ctx.spawner
+    if not sp.storage_enabled:
+        return Check(name, "skip", "storage_enabled is False: there are no home volumes to snapshot")
+    if culler_deletes_users(sp.config) and sp.delete_storage and sp.storage_retention_days <= 0:
+        return fail(name, "the idle culler deletes users (--cull-users) and storage_retention_days is 0: an idle "
+                          "user's home is deleted with them, at once",
+                    "set c.LxdSpawner.storage_retention_days (e.g. 30), or run the culler without --cull-users")
+    driver = await lxd.pool_driver(ctx.endpoint, sp.storage_pool)
+    parts = [f"scheduled {sp.storage_snapshot_schedule}, kept {sp.storage_snapshot_expiry or 'until deleted'}"
+             if sp.storage_snapshot_schedule else "no scheduled snapshots (storage_snapshot_schedule is empty)"]
+    if driver == "dir":
+        parts.append("pool driver dir: each snapshot is a full copy of the home (btrfs or zfs make them cheap)")
+    if sp.storage_snapshots_mount and driver in snapshots.BROWSABLE_DRIVERS and not (ctx.remote and not
+                                                                                      sp.storage_pool_dir):
+        where = snapshots.pool_dir(sp.storage_pool_dir, ctx.backend.local_dir(), sp.storage_pool)
+        seen = await asyncio.to_thread(lambda: (where / "custom-snapshots").is_dir())
+        parts.append(f"users see them in {sp.storage_snapshots_mount}" if seen else
+                     f"users do not see them: {where}/custom-snapshots is not on this host (set storage_pool_dir)")
+    else:
+        parts.append("users do not see them in their server (storage_snapshots_mount, pool driver, storage_pool_dir)")
+    parts.append(f"deleted users' homes kept {sp.storage_retention_days:g} days" if sp.delete_storage and
+                 sp.storage_retention_days > 0 else "deleted users' homes are not kept" if sp.delete_storage
+                 else "deleted users' homes kept until an operator deletes them (delete_storage = False)")
+    return ok(name, "; ".join(parts))
+
+
 # ---- running them -------------------------------------------------------------------------------
 #: (name, check, the checks it needs), in the order lines are printed.
 CHECKS = (
@@ -605,6 +653,7 @@ CHECKS = (
     ("state_dir", check_state_dir, ()),
     ("ports", check_ports, ("daemon",)),
     ("storage", check_storage, ("daemon",)),
+    ("snapshots", check_snapshots, ("daemon",)),
     ("hub", check_hub, ("daemon", "image")),
 )
 

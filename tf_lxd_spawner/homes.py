@@ -142,16 +142,14 @@ async def grow(spawner, home: Home, size: str, by: str = "operator") -> None:
         raise SpawnError(f"{size!r} is not larger than the home's quota {home.vol.size or '(none)'}: "
                          "homes only grow", reason="config")
     async with home.ws.lock():
-        before = await snapshots.take(spawner.endpoint, home.vol.pool, home.vol.name, home.target, "before-grow")
         await asyncio.to_thread(write_private, home.vol.workspace / storage.GROWN_FILE,
                                 json.dumps({"size": size, "by": by}) + "\n")
-    try:
+    try:  # the volume's workspace applies it, a snapshot first (before-resize)
         await storage.ensure(spawner, dataclasses.replace(home.vol, size=size), home.target)
     except Exception as e:
-        await _audit(spawner, home, "grow", size=size, before=before, by=by, outcome="failed",
-                     error=getattr(e, "detail", str(e)))
+        await _audit(spawner, home, "grow", size=size, by=by, outcome="failed", error=getattr(e, "detail", str(e)))
         raise
-    await _audit(spawner, home, "grow", size=size, previous=home.vol.size, before=before, by=by, outcome="ok")
+    await _audit(spawner, home, "grow", size=size, previous=home.vol.size, by=by, outcome="ok")
 
 
 async def move(spawner, home: Home, member: str, by: str = "operator") -> None:

@@ -69,12 +69,17 @@ async def start_hub_relay(spawner) -> str:
     return directory
 
 
-def container_env(spawner, api_url_inside: str) -> dict[str, str]:
+def container_env(spawner, api_url_inside: str, home_full: bool = False) -> dict[str, str]:
     env = spawner.get_env()
     if spawner.storage_enabled:
         # Jupyter's runtime files (connection files, the server's own) off the home: a home at
         # its quota must not keep the server from starting, or its user from cleaning it up.
         env.setdefault("JUPYTER_RUNTIME_DIR", "/tmp/jupyter-runtime")
+    if home_full:
+        # Jupyter's start migrates ~/.ipython once (it writes ~/.jupyter/migrated) and kernels
+        # write their history there: on a full home both fail. For this start only, IPython's
+        # directory is in /tmp (no migration then); the user can start, delete files, and run code.
+        env.setdefault("IPYTHONDIR", "/tmp/ipython-home-full")
     env["JUPYTERHUB_API_URL"] = api_url_inside
     env["JUPYTERHUB_ACTIVITY_URL"] = "/".join(
         [api_url_inside.rstrip("/"), "users", getattr(spawner.user, "escaped_name", spawner.user.name), "activity"]

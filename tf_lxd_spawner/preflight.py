@@ -31,6 +31,7 @@ class Plan:
     target: str | None = None
     volume: "storage.Volume | None" = None  # the user's home volume (storage_enabled)
     hub_socket: bool = False  # the hub API through the unix socket relay (hub_api_via)
+    home_full: bool = False  # the home volume has no room left: the server must not need to write there
 
 
 async def run(spawner) -> Plan:

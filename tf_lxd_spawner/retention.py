@@ -93,9 +93,10 @@ async def retained(endpoint: lxd.Endpoint, state_dir: str | Path) -> list[lxd.Vo
 
 def _due(info: lxd.VolumeInfo, now: dt.datetime) -> bool:
     try:
-        return dt.datetime.fromisoformat(info.config.get(PURGE_KEY, "")) <= now
+        when = dt.datetime.fromisoformat(info.config.get(PURGE_KEY, ""))
     except ValueError:
-        return False
+        return False  # never purged on a date nobody can read
+    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)) <= now
 
 
 async def purge(endpoint: lxd.Endpoint, runner, state_dir: str | Path, log, only: str | None = None) -> list[str]:

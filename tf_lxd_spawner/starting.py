@@ -65,7 +65,7 @@ async def start(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt) 
         if plan.volume is not None:
             with stages.timed("storage"):
                 where = await storage.ensure(spawner, plan.volume, plan.target)
-                await storage.report_use(spawner, plan.volume, where)
+                plan.home_full = await storage.report_use(spawner, plan.volume, where)
             if plan.members and where and where != plan.target:
                 # LXD chose the volume's member, or another server of this user made the volume
                 # first, elsewhere: the server goes where the volume is.
@@ -160,7 +160,7 @@ async def _create(spawner, plan, ws: Workspace, stages: Stages, attempt: Attempt
     try:
         with stages.timed("render"):
             attempt.listen_address, attempt.listen_port = await listen_on(sp, plan, ws, resuming)
-            environment = container_env(sp, api_inside)
+            environment = container_env(sp, api_inside, plan.home_full)
             secrets = secret_env("server_environment", environment)
             inputs = await module_inputs(sp, plan, attempt.listen_address, attempt.listen_port)
             provider_settings = await asyncio.to_thread(

@@ -21,7 +21,7 @@ import os
 import re
 from pathlib import Path
 
-from . import audit, initialising, lxd, metrics, modules, naming, provider
+from . import audit, initialising, lxd, metrics, modules, naming, provider, snapshots
 from . import state as server_state
 from .errors import SpawnError
 from .terraform import planned_creations, planned_replacements
@@ -125,7 +125,7 @@ def volume_config(spawner) -> dict[str, str]:
     config = {"snapshots.schedule": spawner.storage_snapshot_schedule,
               "snapshots.expiry": spawner.storage_snapshot_expiry,
               "snapshots.pattern": spawner.storage_snapshot_pattern}
-    config.update({str(k): str(v) for k, v in (spawner.storage_config or {}).items()})
+    config.update({str(k): v if v is None else str(v) for k, v in (spawner.storage_config or {}).items()})
     return {k: v for k, v in config.items() if v not in ("", None)}
 
 
@@ -283,22 +283,26 @@ async def set_volume(runner, ws: Workspace, **attributes) -> None:
         write_private(ws.tfvars, json.dumps(found, indent=2, sort_keys=True) + "\n")
         (ws.path / APPLIED_STAMP).unlink(missing_ok=True)
 
-    def change(state: dict) -> None:
-        for res in state.get("resources", []):
-            if res.get("type") != "lxd_volume":
-                continue
-            for inst in res.get("instances", []):
-                attrs = inst["attributes"]
-                attrs.update(attributes)
-                attrs["id"] = f"{attrs['pool']}/{attrs['name']}/{attrs.get('type') or 'custom'}"
-        outputs = state.get("outputs") or {}
-        if "name" in attributes and "name" in outputs:
-            outputs["name"]["value"] = attributes["name"]
-        if "target" in attributes and "location" in outputs:
-            outputs["location"]["value"] = attributes["target"] or "none"
-
-    await runner.rewrite_state(ws.path, change)
+    await runner.rewrite_state(ws.path, lambda state: repoint_state(state, attributes))
     await asyncio.to_thread(inputs)
+
+
+def repoint_state(state: dict, attributes: dict) -> None:
+    """A volume workspace's state (as `state pull` gives it), changed in place to hold the
+    volume under its new name or member: the resource's attributes and id (the provider's
+    `<pool>/<name>/<type>`), and the outputs the spawner reads."""
+    for res in state.get("resources", []):
+        if res.get("type") != "lxd_volume":
+            continue
+        for inst in res.get("instances", []):
+            attrs = inst["attributes"]
+            attrs.update(attributes)
+            attrs["id"] = f"{attrs['pool']}/{attrs['name']}/{attrs.get('type') or 'custom'}"
+    outputs = state.get("outputs") or {}
+    if "name" in attributes and "name" in outputs:
+        outputs["name"]["value"] = attributes["name"]
+    if "target" in attributes and "location" in outputs:
+        outputs["location"]["value"] = attributes["target"] or "none"
 
 
 async def ensure(spawner, vol: Volume, target: str | None) -> str:
@@ -324,6 +328,7 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
                        "workspace": str(vol.workspace), "hub_id": await sp.owner_id(), "kind": "home"},
         }
         existing = await asyncio.to_thread(ws.state_outputs)
+        previous_size = (await asyncio.to_thread(ws.saved_inputs)).get("size")
         if existing.get("name"):
             inputs["target"] = member_of(existing)
             await refuse_shrinking(sp, vol)
@@ -374,6 +379,10 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
             # daemon's volatile.idmap.* record of how its files are shifted: the next start would
             # shift them again (uid 1000 would become 101000). Read them first, put them back.
             kept = {} if created else await _idmap_record(sp, vol, inputs["target"])
+            if plan and not created and previous_size != inputs["size"]:
+                # A new quota (storage_capacity raised, or `home grow`): a snapshot first.
+                record["snapshot"] = await snapshots.take(sp.endpoint, vol.pool, vol.name, inputs["target"],
+                                                          "before-resize")
             if plan:
                 await sp.run_terraform(ws, "apply", PLAN_FILE)
             if kept:
@@ -397,17 +406,17 @@ async def ensure(spawner, vol: Volume, target: str | None) -> str:
         return where
 
 
-async def report_use(spawner, vol: Volume, target: str | None) -> None:
+async def report_use(spawner, vol: Volume, target: str | None, full_margin: int = 8 * 2**20) -> bool:
     """Publish the home's use (metrics) and warn the user, on the spawn page, when it is nearly
-    full: at its quota the server still starts (its runtime files are off the home), but
-    nothing new can be saved until files are deleted."""
+    full. Returns whether it is full (less than `full_margin` bytes free): the server must then
+    start without writing there (see module_inputs.container_env)."""
     try:
         info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=target or None, usage=True)
         quota = size_bytes(vol.size) or 0
     except (lxd.LxdUnavailable, ValueError):
-        return
+        return False
     if info is None or info.used_bytes is None:
-        return
+        return False
     metrics.HOME_USED.labels(spawner.user.name, vol.name).set(info.used_bytes)
     metrics.HOME_QUOTA.labels(spawner.user.name, vol.name).set(quota)
     if quota and info.used_bytes >= spawner.storage_nearly_full * quota:
@@ -416,6 +425,7 @@ async def report_use(spawner, vol: Volume, target: str | None) -> None:
                                       f"{quota / 2**20:.0f} MiB). Delete files you no longer need; at 100% nothing "
                                       "new can be saved.")
         spawner.log.warning("Home volume %s of %s is %d%% full", vol.name, spawner.user.name, share)
+    return bool(quota) and quota - info.used_bytes < full_margin
 
 
 _first_attach_locks: dict[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = {}

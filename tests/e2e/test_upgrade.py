@@ -34,8 +34,8 @@ pytestmark = pytest.mark.e2e
 
 BINARY = {"lxd": "terraform", "incus": "tofu"}
 # The releases in tests/upgrade/: whether they have home volumes (storage_enabled) at all.
-RELEASES = {"98db19d": {"storage": False}, "27f0bb9": {"storage": True}}
-CASES = [("98db19d", "incus"), ("98db19d", "lxd"), ("27f0bb9", "incus")]
+RELEASES = {"98db19d": {"storage": False}, "27f0bb9": {"storage": True}, "95ce0d7": {"storage": True}}
+CASES = [("98db19d", "incus"), ("98db19d", "lxd"), ("27f0bb9", "incus"), ("95ce0d7", "lxd")]
 USERS = ("runner", "keeper")
 
 READ = ("import os\np = os.path.expanduser({rel!r})\n"
