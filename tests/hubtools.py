@@ -281,9 +281,13 @@ def delete_volumes(client, under: str = "", names: set | None = None) -> list[st
     from pylxd.exceptions import LXDAPIException, NotFound
 
     def wanted(vol) -> bool:
+        # A snapshot (the pool's listing has them too, without a config): goes with its volume.
+        config = getattr(vol, "config", None)
+        if config is None or "/" in vol.name:
+            return False
         if names is not None:
             return vol.name in names
-        return vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(under)
+        return config.get("user.tf-lxd-spawner.workspace", "").startswith(under)
 
     deleted = []
     for pool in client.storage_pools.all():

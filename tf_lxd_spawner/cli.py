@@ -85,7 +85,7 @@ def spawner_from(args, user_name: str = "doctor", server_name: str = ""):
         cfg.LxdSpawner[key] = value
     user = SimpleNamespace(name=user_name, url=f"/user/{user_name}/", escaped_name=user_name, state=None)
     orm_spawner = SimpleNamespace(name=server_name, server=None, state=None)
-    return LxdSpawner(config=cfg, user=user, hub=_hub(cfg), orm_spawner=orm_spawner, name=server_name)
+    return LxdSpawner(config=cfg, user=user, hub=_hub(cfg), orm_spawner=orm_spawner)
 
 
 def _settings(spawner) -> dict:

@@ -69,7 +69,8 @@ async def list_snapshots(spawner, home: Home) -> list[dict]:
     return await lxd.volume_snapshots(spawner.endpoint, home.vol.pool, home.vol.name, home.target)
 
 
-async def _known(spawner, home: Home, name: str) -> None:
+async def known(spawner, home: Home, name: str) -> None:
+    """Refuse a snapshot the home does not have."""
     if name not in {s["name"] for s in await list_snapshots(spawner, home)}:
         raise SpawnError(f"the home volume {home.vol.name} has no snapshot {name!r}", reason="storage",
                          status_code=404)
@@ -78,7 +79,7 @@ async def _known(spawner, home: Home, name: str) -> None:
 async def restore(spawner, home: Home, name: str, by: str = "operator") -> str:
     """The whole home goes back to snapshot `name`, after a snapshot of how it is now (returned).
     Its servers must be stopped."""
-    await _known(spawner, home, name)
+    await known(spawner, home, name)
     await _refuse_in_use(spawner, home, "restore")
     async with home.ws.lock():
         before = await snapshots.take(spawner.endpoint, home.vol.pool, home.vol.name, home.target, "before-restore")
@@ -103,7 +104,7 @@ async def restore_path(spawner, home: Home, name: str, path: str, by: str = "ope
     """One file or folder of the home goes back to how it was in snapshot `name`, after a
     snapshot of how the home is now (returned); the rest of the home is untouched. Copied on
     the member's pool directory, so the user's servers may keep running."""
-    await _known(spawner, home, name)
+    await known(spawner, home, name)
     rel = _relative(path)
     pool_path = snapshots.pool_dir(spawner.storage_pool_dir, spawner.backend_info.local_dir(), home.vol.pool)
     source = snapshots.host_dir(pool_path, home.vol.name) / name / rel

@@ -504,13 +504,19 @@ async def pool_driver(endpoint: Endpoint, pool: str) -> str | None:
     return await _run(endpoint, lambda c: _pool_driver(c, pool), "pool_driver")
 
 
+def _is_custom_volume(listed: dict) -> bool:
+    """A custom volume in a pool's volume listing, which also lists each one's snapshots (as
+    custom volumes named `<volume>/<snapshot>`)."""
+    return listed.get("type") == "custom" and "/" not in listed.get("name", "")
+
+
 def _managed_volumes(client: pylxd.Client) -> list[VolumeInfo]:
     found = []
     for pool in client.api.storage_pools.get().json().get("metadata") or []:
         name = pool.rsplit("/", 1)[-1]
         raw = client.api.storage_pools[name].volumes.get(params={"recursion": 1}).json().get("metadata") or []
         for v in raw:
-            if v.get("type") == "custom" and (v.get("config") or {}).get(MANAGED_KEY) == "true":
+            if _is_custom_volume(v) and (v.get("config") or {}).get(MANAGED_KEY) == "true":
                 location = v.get("location") or ""
                 found.append(VolumeInfo(v["name"], name, "" if location == "none" else location, v.get("config") or {}))
     return found
@@ -641,7 +647,7 @@ async def delete_volume(endpoint: Endpoint, pool: str, name: str, target: str | 
 
 def _volume_locations(client, pool, name) -> list[str]:
     raw = client.api.storage_pools[pool].volumes.get(params={"recursion": 1}).json().get("metadata") or []
-    return sorted({v.get("location") or "" for v in raw if v.get("type") == "custom" and v.get("name") == name})
+    return sorted({v.get("location") or "" for v in raw if _is_custom_volume(v) and v.get("name") == name})
 
 
 async def volume_locations(endpoint: Endpoint, pool: str, name: str) -> list[str]:

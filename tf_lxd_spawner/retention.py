@@ -75,7 +75,7 @@ async def retain(spawner, vol: Volume) -> None:
                             "outcome": "ok", "note": "user deleted; home kept until purge_after "
                                                      "(tf-lxd-spawner home undelete brings it back)"})
             await asyncio.to_thread(os.rename, ws.path, archive)
-            sp.log.warning("Kept the home volume of deleted user %s as %s until %s (storage_retention_days)",
+            sp.log.info("Kept the home volume of deleted user %s as %s until %s (storage_retention_days)",
                            sp.user.name, new, until.isoformat())
             return
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")

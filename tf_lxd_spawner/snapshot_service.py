@@ -80,17 +80,27 @@ class Base(HubOAuthenticated, web.RequestHandler):
         user = self.get_current_user()["name"]
         return self.settings["spawner_for"](user, self.get_argument("server", ""))
 
+    async def snapshots(self):
+        """(spawner, home, its snapshots) of the logged-in user; SpawnError when they have no home."""
+        sp = self.spawner()
+        home = await homes.find(sp)
+        return sp, home, await homes.list_snapshots(sp, home)
+
     def write_error(self, status_code, **kwargs):
         error = kwargs.get("exc_info", (None, None))[1]
-        self.finish({"error": getattr(error, "detail", None) or getattr(error, "log_message", None) or str(error)})
+        self.finish({"error": str(error) if isinstance(error, SpawnError) else self._reason})
 
 
 class SnapshotsAPI(Base):
     @web.authenticated
     async def get(self):
-        sp = self.spawner()
-        home = await homes.find(sp)
-        self.finish({"volume": home.vol.name, "snapshots": await homes.list_snapshots(sp, home)})
+        try:
+            _, home, found = await self.snapshots()
+        except SpawnError as e:
+            self.set_status(e.status_code or 400)
+            self.finish({"error": str(e)})
+            return
+        self.finish({"volume": home.vol.name, "snapshots": found})
 
 
 class RestoreAPI(Base):
@@ -101,41 +111,40 @@ class RestoreAPI(Base):
         else:
             name = self.get_argument("snapshot", "")
         sp = self.spawner()
-        user = sp.user.name
-        hub = self.settings["hub"]
+        user, hub = sp.user.name, self.settings["hub"]
+        stopped = []
         try:
             home = await homes.find(sp)
-            await homes.list_snapshots(sp, home)
-            running = [name_ for name_, s in (await hub.servers(user)).items()
-                       if s.get("ready") or s.get("pending")]
-            if not home.vol.shared:
-                running = [s for s in running if s == (sp.name or "")]
-            for server in running:
+            await homes.known(sp, home, name)  # an unknown snapshot stops nothing
+            running = [server for server, model in (await hub.servers(user)).items()
+                       if model.get("ready") or model.get("pending")]
+            for server in running if home.vol.shared else [s for s in running if s == (sp.name or "")]:
                 await hub.stop(user, server)
+                stopped.append(server)
             before = await homes.restore(sp, home, name, by=f"user {user}")
         except SpawnError as e:
             self.set_status(e.status_code or 400)
-            self.finish({"error": e.detail})
+            self.finish({"error": str(e), "restarted": stopped})
             return
-        for server in running:
-            await hub.start(user, server)
-        self.finish({"restored": name, "volume": home.vol.name, "before": before, "restarted": running})
+        finally:
+            for server in stopped:  # restored or not, what ran runs again
+                await hub.start(user, server)
+        self.finish({"restored": name, "volume": home.vol.name, "before": before, "restarted": stopped})
 
 
 class Page(Base):
     @web.authenticated
     async def get(self):
-        sp = self.spawner()
+        mount = self.spawner().storage_snapshots_mount
         try:
-            home = await homes.find(sp)
-            found = await homes.list_snapshots(sp, home)
+            _, _, found = await self.snapshots()
             message = ""
         except SpawnError as e:
-            found, message = [], f"<p>{html.escape(e.detail)}</p>"
+            found, message = [], f"<p>{html.escape(str(e))}</p>"
         rows = "".join(ROW.format(name=html.escape(s["name"]), expires=html.escape(s["expires_at"] or "never"),
                                   xsrf=html.escape(self.xsrf_token.decode() if isinstance(self.xsrf_token, bytes)
                                                    else self.xsrf_token)) for s in reversed(found))
-        self.finish(PAGE.format(mount=html.escape(sp.storage_snapshots_mount or "(not shown)"), message=message,
+        self.finish(PAGE.format(mount=html.escape(mount or "(not shown)"), message=message,
                                 rows=rows))
 
 
@@ -150,19 +159,17 @@ def make_app(spawner_for) -> web.Application:
 
 
 def main(argv=None) -> None:
-    from .cli import spawner_from
+    from urllib.parse import urlparse
+
+    from .cli import SETTINGS, spawner_from
 
     parser = argparse.ArgumentParser(prog="tf_lxd_spawner.snapshot_service", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-f", "--config", required=True, help="the hub's jupyterhub_config.py")
     args = parser.parse_args(argv)
-    settings = argparse.Namespace(config=args.config, **{k: None for k in ("state_dir", "backend", "lxd_endpoint",
-                                  "lxd_cert", "lxd_key", "lxd_verify", "terraform_path", "terraform_cli_config",
-                                  "orphan_grace_period", "lxd_timeout")})
+    settings = argparse.Namespace(config=args.config, **dict.fromkeys(SETTINGS))  # the file's settings only
     app = make_app(lambda user, server="": spawner_from(settings, user, server))
-    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
-    from urllib.parse import urlparse
-    where = urlparse(url)
+    where = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
     app.listen(where.port or 80, where.hostname or "127.0.0.1")
     IOLoop.current().start()
 

@@ -30,7 +30,7 @@ import pytest
 import requests
 
 from conftest import CACHE, IMAGE, free_port
-from hubtools import Control, Hub, control_hook, shut_down
+from hubtools import Control, Hub, control_hook, delete_volumes, shut_down
 from test_no_loss import Ctx, Findings
 
 pytestmark = pytest.mark.e2e
@@ -84,13 +84,7 @@ def homes_hub(request, tmp_path_factory):
         try:
             shut_down(hub, client)
         finally:
-            for pool in client.storage_pools.all():
-                for vol in pool.volumes.all():
-                    if vol.type == "custom" and vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(
-                            f"{hub.state_dir}/"):
-                        for snap in vol.snapshots.all():
-                            snap.delete()
-                        vol.delete()
+            delete_volumes(client, f"{hub.state_dir}/")
 
 
 def home(ctx: Ctx, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -108,6 +102,14 @@ def volume(ctx: Ctx, name: str):
         return ctx.client.storage_pools.get("default").volumes.get("custom", name)
     except NotFound:
         return None
+
+
+def volumes_of(ctx: Ctx, user: str) -> list[str]:
+    """The custom volumes this hub made for `user`, in one listing (a purge may run meanwhile)."""
+    listed = ctx.client.api.storage_pools["default"].volumes.get(params={"recursion": 1}).json()["metadata"]
+    return [v["name"] for v in listed if v["type"] == "custom" and "/" not in v["name"]
+            and (v.get("config") or {}).get("user.tf-lxd-spawner.user") == user
+            and (v.get("config") or {}).get("user.tf-lxd-spawner.workspace", "").startswith(f"{ctx.hub.state_dir}/")]
 
 
 def service(ctx: Ctx, user: str, method: str, path: str, **kw) -> requests.Response:
@@ -258,12 +260,12 @@ def hub_purges(ctx: Ctx) -> Findings:
     ctx.write(user, "~/x.txt", "x")
     ctx.stop(user)
     ctx.hub.api("DELETE", f"/users/{user}")
-    kept = [v for v in ctx.volumes_of(user)]
+    kept = volumes_of(ctx, user)
     f.expect(len(kept) == 1 and "-del-" in kept[0], f"kept under a new name: {kept}")
     deadline = time.monotonic() + 120
-    while ctx.volumes_of(user) and time.monotonic() < deadline:
+    while volumes_of(ctx, user) and time.monotonic() < deadline:
         time.sleep(2)
-    f.expect(not ctx.volumes_of(user), "purged by the hub once its retention was over")
+    f.expect(not volumes_of(ctx, user), "purged by the hub once its retention was over")
     records = [json.loads(line) for p in (ctx.hub.state_dir / user / "_volumes").glob("*.deleted-*/audit.jsonl")
                for line in p.read_text().splitlines()]
     f.expect([r["operation"] for r in records if r["operation"].startswith("volume-")][-2:] ==

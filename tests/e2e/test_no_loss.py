@@ -38,6 +38,7 @@ c.LxdSpawner.terraform_path = "{BINARY[daemon]}"
 c.LxdSpawner.image = "{IMAGE}"
 c.LxdSpawner.storage_name_template = "home-{{username}}-{{servername}}"
 c.LxdSpawner.storage_capacity = "200MiB"
+c.LxdSpawner.storage_retention_days = 0  # what deletion deletes is tested here; retention in test_homes.py
 c.LxdSpawner.environment = {{"BASE": "from-config", "SHARED": "base"}}
 c.Spawner.http_timeout = 240
 c.Spawner.start_timeout = 300
@@ -128,8 +129,9 @@ class Ctx:
         found = []
         for pool in self.client.storage_pools.all():
             for vol in pool.volumes.all():
-                if vol.type == "custom" and vol.config.get("user.tf-lxd-spawner.user") == user and \
-                        vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(str(self.hub.state_dir)):
+                config = getattr(vol, "config", None) or {}  # a snapshot in the listing has none
+                if vol.type == "custom" and config.get("user.tf-lxd-spawner.user") == user and \
+                        config.get("user.tf-lxd-spawner.workspace", "").startswith(str(self.hub.state_dir)):
                     found.append(vol.name)
         return found
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from conftest import CACHE, IMAGE
-from hubtools import Control, Hub, control_hook, second_alias, shut_down
+from hubtools import Control, Hub, control_hook, delete_volumes, second_alias, shut_down
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,7 @@ c.LxdSpawner.backend = "{daemon}"
 c.LxdSpawner.terraform_path = "{BINARY[daemon]}"
 c.LxdSpawner.image = "{IMAGE}"
 c.LxdSpawner.storage_capacity = "200MiB"
+c.LxdSpawner.storage_retention_days = 0  # deletion itself is tested here; retention in test_homes.py
 c.Spawner.http_timeout = 240
 c.Spawner.start_timeout = 300
 """ + control_hook(work / "control.json"), env={"PATH": f"{os.environ['PATH']}:{CACHE / 'bin'}"})
@@ -66,10 +67,7 @@ c.Spawner.start_timeout = 300
             try:
                 shut_down(hub, client)
             finally:
-                for vol in client.storage_pools.get(POOL).volumes.all():
-                    if vol.type == "custom" and vol.config.get("user.tf-lxd-spawner.workspace", "").startswith(
-                            f"{hub.state_dir}/"):
-                        vol.delete()
+                delete_volumes(client, f"{hub.state_dir}/")
 
 
 def volume(client, name):

@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -115,6 +116,9 @@ def stop(hub: Hub, user: str) -> None:
 
 def ours(obj, state_dir: Path) -> bool:
     return obj.config.get("user.tf-lxd-spawner.workspace", "").startswith(f"{state_dir}/")
+
+
+RETAINED = "-del-"  # in the name of a deleted user's home while it is kept
 
 
 def leftovers(client, state_dir: Path) -> list[str]:
@@ -259,10 +263,19 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
                     f.append(f"the last stop of {user} failed: {e}")
             r = new.api("DELETE", f"/users/{user}")
             f.expect(r.status_code in (202, 204), f"DELETE /users/{user}: {r.status_code} {r.text}")
+        # Their homes are kept (storage_retention_days, new in 0.3.0), renamed: purged by command.
         try:
-            wait_for(lambda: not leftovers(client, state_dir), timeout=180, what="the users' deletion to remove all")
+            wait_for(lambda: all(RETAINED in x for x in leftovers(client, state_dir)), timeout=180,
+                     what="the users' deletion to remove all but their retained homes")
         except AssertionError:
             f.append(f"after the users were deleted, left on {daemon}: {leftovers(client, state_dir)}")
+        for kept in leftovers(client, state_dir):
+            r = subprocess.run([str(Path(sys.executable).parent / "tf-lxd-spawner"), "-f",
+                                str(new.workdir / "jupyterhub_config.py"),
+                                "home", "purge", "--volume", kept.rsplit("/", 1)[-1]], capture_output=True, text=True,
+                               env={**os.environ, **env}, timeout=300)
+            f.expect(r.returncode == 0, f"home purge of {kept}: {r.returncode} {r.stdout} {r.stderr}")
+        f.expect(not leftovers(client, state_dir), f"left after the purge: {leftovers(client, state_dir)}")
         print(f"\n{rev} -> this release on {daemon}: old hub {old_done - began:.0f} s, "
               f"in all {time.monotonic() - began:.0f} s")
     finally:

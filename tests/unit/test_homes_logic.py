@@ -353,3 +353,13 @@ def test_a_purge_time_without_a_zone_is_read_as_utc_not_an_error():
     """An operator's hand-set date without a zone must not stop every purge (TypeError)."""
     assert retention._due(_info((NOW - dt.timedelta(hours=1)).replace(tzinfo=None).isoformat()), NOW)
     assert not retention._due(_info((NOW + dt.timedelta(hours=1)).replace(tzinfo=None).isoformat()), NOW)
+
+
+def test_a_pools_listing_of_snapshots_is_not_taken_for_volumes():
+    """The daemons list each custom volume's snapshots among the pool's volumes (<volume>/<snapshot>):
+    a retained home's snapshot must never be purged, reported or followed as a volume of its own."""
+    from tf_lxd_spawner import lxd
+
+    assert lxd._is_custom_volume({"type": "custom", "name": "home-a"})
+    assert not lxd._is_custom_volume({"type": "custom", "name": "home-a/before-delete-2026-12-07_11-56-49"})
+    assert not lxd._is_custom_volume({"type": "container", "name": "jupyter-a"})
