@@ -481,7 +481,10 @@ def _volume(client: pylxd.Client, pool: str, name: str, target: str | None, usag
         return None
     used = None
     if usage:
-        state = _or_none(lambda: path.state.get(params=params).json().get("metadata")) or {}
+        try:
+            state = _or_none(lambda: path.state.get(params=params).json().get("metadata")) or {}
+        except LXDAPIException:  # "Not supported": a pool that cannot count a volume's use (dir)
+            state = {}
         used = (state.get("usage") or {}).get("used")
     location = data.get("location") or ""
     return VolumeInfo(name, pool, "" if location == "none" else location, data.get("config") or {}, used,
@@ -619,9 +622,21 @@ async def rename_volume(endpoint: Endpoint, pool: str, name: str, target: str | 
 
 
 def _copy_volume_to_member(client, pool, name, source, destination) -> None:
-    body = {"name": name, "type": "custom",
-            "source": {"type": "copy", "pool": pool, "name": name, "location": source, "volume_only": False}}
+    """What `lxc storage volume move --destination-target` does: the source member offers the
+    volume for migration, the destination member pulls it (with its snapshots) from there."""
+    offer = _volume_path(client, pool, name).post(json={"name": name, "migration": True, "volume_only": False},
+                                                   params={"target": source}).json()
+    operation = offer.get("operation") or ""
+    secrets = (offer.get("metadata") or {}).get("metadata") or {}
+    member = client.api.cluster.members[source].get().json()["metadata"]
+    certificate = client.api.get(params={"target": source}).json()["metadata"]["environment"]["certificate"]
+    body = {"name": name, "type": "custom", "config": {},
+            "source": {"type": "migration", "mode": "pull", "name": name, "pool": pool, "volume_only": False,
+                       "operation": f"{member['url'].rstrip('/')}{operation}", "certificate": certificate,
+                       "secrets": secrets}}
     _wait(client, client.api.storage_pools[pool].volumes.custom.post(json=body, params={"target": destination}))
+    if operation:
+        client.operations.wait_for_operation(operation)
 
 
 def _delete_volume(client, pool, name, target) -> None:

@@ -8,8 +8,6 @@ Terraform, and a real hub adds nothing there. The last test runs a real hub on t
 
 import asyncio
 import json
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import spawnerstub
+from homemoves import follow_refuse_move
 from hubtools import Hub
 from lxdcluster import TINY, LxdCluster
 from tf_lxd_spawner.placement import reservations
@@ -237,10 +236,7 @@ def test_offline_member_gets_nothing_and_others_keep_working(cluster, tmp_path):
 
 
 def test_home_follows_a_hand_move_refuses_an_evacuated_member_and_moves_by_command(cluster, tmp_path_factory):
-    """Issue 27: a home volume on a pool local to each member is never replaced. Moved by hand
-    (`storage volume move`), the next start follows it (audited, its file there); on an evacuated
-    member the start is refused with a message and nothing is made; `tf-lxd-spawner home move`
-    moves it (state brought along) and the server starts where it went, the file with it."""
+    """Issue 27 on LXD (homemoves.py; the same on the Incus cluster)."""
     work = tmp_path_factory.mktemp("cluster-homes")
     if "jupyter-notebook" not in cluster.first.lxc("image", "list", "--format", "csv"):
         cluster.import_image_from_host("jupyter-notebook", work)
@@ -252,60 +248,7 @@ c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
 c.LxdSpawner.storage_pool = "local"
 c.LxdSpawner.storage_capacity = ""
 """).start()
-    user, vol = "mover", "home-mover"
-    cli = [str(Path(sys.executable).parent / "tf-lxd-spawner"), "-f", str(work / "jupyterhub_config.py"), "home"]
-
-    def spawn_and_read():
-        assert hub.start_server(user).status_code in (201, 202)
-        hub.wait_ready(user, timeout=300)
-        return hub.run_code(user, token, "import os; print(open(os.path.expanduser('~/f.txt')).read())").strip()
-
-    def stop():
-        hub.api("DELETE", f"/users/{user}/server")
-        hub.wait_stopped(user)
-
-    def volume_member():
-        found = [v["location"] for v in cluster.api("GET", "/1.0/storage-pools/local/volumes?recursion=1")["metadata"]
-                 if v["name"] == vol and v["type"] == "custom"]
-        assert len(found) == 1, found
-        return found[0]
-
     try:
-        token = hub.user_token(user)
-        assert hub.start_server(user).status_code in (201, 202)
-        hub.wait_ready(user, timeout=300)
-        hub.run_code(user, token, "import os; open(os.path.expanduser('~/f.txt'), 'w').write('mine')")
-        stop()
-        first = volume_member()
-        other = next(m.name for m in cluster.members if m.name != first)
-        cluster.first.lxc("storage", "volume", "move", f"local/{vol}", f"local/{vol}", "--target", first,
-                          "--destination-target", other)
-        assert volume_member() == other
-        assert spawn_and_read() == "mine"
-        assert locations(cluster)[f"jupyter-{user}"] == other
-        audit = [json.loads(line) for line in
-                 (hub.state_dir / user / "_volumes" / vol / "audit.jsonl").read_text().splitlines()]
-        assert any(r["operation"] == "volume-follow" and r["to"] == other for r in audit), audit
-        stop()
-
-        cluster.first.lxc("cluster", "evacuate", other, "--force")
-        cluster.wait_status(other, "Evacuated")
-        try:
-            assert hub.start_server(user).status_code in (201, 202)
-            events = hub.progress_events(user)
-            assert events[-1].get("failed") and f"cluster member {other}" in events[-1]["message"], events[-1]
-            assert volume_member() == other and f"jupyter-{user}" not in locations(cluster)
-        finally:
-            cluster.first.lxc("cluster", "restore", other, "--force", check=False)
-            cluster.wait_status(other, "Online")
-        hub.wait_stopped(user)
-
-        third = next(m.name for m in cluster.members if m.name not in (other,))
-        r = subprocess.run([*cli, "move", "--user", user, "--to", third], capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
-        assert volume_member() == third
-        assert spawn_and_read() == "mine"
-        assert locations(cluster)[f"jupyter-{user}"] == third
-        stop()
+        follow_refuse_move(hub, cluster)
     finally:
         hub.stop()

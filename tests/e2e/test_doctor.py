@@ -163,6 +163,11 @@ BROKEN = {
                              "storage_pool 'no-such-pool' does not exist", "create it"),
     "hub-wrong-path": ('c.JupyterHub.base_url = "/elsewhere/"', (), "hub", "answered HTTP 404, not JupyterHub's API",
                        "check c.JupyterHub.base_url"),
+    "culler-deletes-homes": ("""c.JupyterHub.services = [{{"name": "idle-culler", "command": ["python3", "-m",
+                                 "jupyterhub_idle_culler", "--timeout=3600", "--cull-users"]}}]
+                             c.LxdSpawner.storage_retention_days = 0""", (), "snapshots",
+                             "the idle culler deletes users (--cull-users) and storage_retention_days is 0",
+                             "set c.LxdSpawner.storage_retention_days"),
 }
 HEALTHY = {
     # LXD with Terraform, a mount mapped 1:1 with raw.idmap for an id the set-up allows.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGE
+from homemoves import follow_refuse_move
 from hubtools import Control, Hub, control_hook, shut_down
 from lxdcluster import INCUS, LxdCluster
 
@@ -143,3 +144,8 @@ def test_a_gpu_profile_lands_only_on_the_members_that_have_gpus(hub, cluster):
         # (the group goes with the cluster at the end of the module: Incus refuses to delete a
         # group that still has members)
     assert not [i.name for i in cluster.client().instances.all()]
+
+
+def test_home_follows_a_hand_move_refuses_an_evacuated_member_and_moves_by_command(hub, cluster):
+    """Issue 27 on Incus (homemoves.py; the same on the LXD cluster)."""
+    follow_refuse_move(hub, cluster)
