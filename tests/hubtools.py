@@ -274,6 +274,16 @@ def second_alias(client, alias: str):
         client.images.get_by_alias(IMAGE).delete_alias(alias)
 
 
+def custom_volumes(client) -> list[dict]:
+    """Every custom volume of every pool, as the daemon lists them ({name, pool, config, ...}),
+    without their snapshots (which the listing has too, as `<volume>/<snapshot>`)."""
+    found = []
+    for pool in client.storage_pools.all():
+        listed = client.api.storage_pools[pool.name].volumes.get(params={"recursion": 1}).json()["metadata"] or []
+        found += [{**v, "pool": pool.name} for v in listed if v.get("type") == "custom" and "/" not in v["name"]]
+    return found
+
+
 def delete_volumes(client, under: str = "", names: set | None = None) -> list[str]:
     """Delete the custom volumes whose workspace label is under `under` (the users' volumes
     outlive their servers by design: a test deletes what it made), or, with `names`, those of

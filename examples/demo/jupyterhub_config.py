@@ -54,3 +54,16 @@ c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 90
 c.Spawner.mem_limit = "2G"
+
+# A way back: users see their home's snapshots in ~/.snapshots and restore their whole home on
+# http://127.0.0.1:8000/services/home-snapshots/ (docs/operations.md, "Bringing files back").
+import sys  # noqa: E402
+
+c.JupyterHub.services = [{
+    "name": "home-snapshots", "url": "http://127.0.0.1:10101",
+    "command": [sys.executable, "-m", "tf_lxd_spawner.snapshot_service", "-f", os.path.abspath(__file__)],
+}]
+c.JupyterHub.load_roles = [
+    {"name": "home-snapshots", "services": ["home-snapshots"], "scopes": ["read:users", "servers"]},
+    {"name": "user", "scopes": ["self", "access:services!service=home-snapshots"]},
+]

@@ -104,14 +104,6 @@ def volume(ctx: Ctx, name: str):
         return None
 
 
-def volumes_of(ctx: Ctx, user: str) -> list[str]:
-    """The custom volumes this hub made for `user`, in one listing (a purge may run meanwhile)."""
-    listed = ctx.client.api.storage_pools["default"].volumes.get(params={"recursion": 1}).json()["metadata"]
-    return [v["name"] for v in listed if v["type"] == "custom" and "/" not in v["name"]
-            and (v.get("config") or {}).get("user.tf-lxd-spawner.user") == user
-            and (v.get("config") or {}).get("user.tf-lxd-spawner.workspace", "").startswith(f"{ctx.hub.state_dir}/")]
-
-
 def service(ctx: Ctx, user: str, method: str, path: str, **kw) -> requests.Response:
     return requests.request(method, f"{ctx.hub.url}/services/home-snapshots/{path}",
                             headers={"Authorization": f"token {ctx.token(user)}"}, timeout=600, **kw)
@@ -260,12 +252,12 @@ def hub_purges(ctx: Ctx) -> Findings:
     ctx.write(user, "~/x.txt", "x")
     ctx.stop(user)
     ctx.hub.api("DELETE", f"/users/{user}")
-    kept = volumes_of(ctx, user)
+    kept = ctx.volumes_of(user)
     f.expect(len(kept) == 1 and "-del-" in kept[0], f"kept under a new name: {kept}")
     deadline = time.monotonic() + 120
-    while volumes_of(ctx, user) and time.monotonic() < deadline:
+    while ctx.volumes_of(user) and time.monotonic() < deadline:
         time.sleep(2)
-    f.expect(not volumes_of(ctx, user), "purged by the hub once its retention was over")
+    f.expect(not ctx.volumes_of(user), "purged by the hub once its retention was over")
     records = [json.loads(line) for p in (ctx.hub.state_dir / user / "_volumes").glob("*.deleted-*/audit.jsonl")
                for line in p.read_text().splitlines()]
     f.expect([r["operation"] for r in records if r["operation"].startswith("volume-")][-2:] ==

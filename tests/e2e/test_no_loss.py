@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CACHE, IMAGE, REPO
-from hubtools import Control, Hub, control_hook, shut_down, wait_for
+from hubtools import Control, Hub, control_hook, custom_volumes, shut_down, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -126,14 +126,9 @@ class Ctx:
         return starts[-1]["instance"] if starts else ""
 
     def volumes_of(self, user: str) -> list[str]:
-        found = []
-        for pool in self.client.storage_pools.all():
-            for vol in pool.volumes.all():
-                config = getattr(vol, "config", None) or {}  # a snapshot in the listing has none
-                if vol.type == "custom" and config.get("user.tf-lxd-spawner.user") == user and \
-                        config.get("user.tf-lxd-spawner.workspace", "").startswith(str(self.hub.state_dir)):
-                    found.append(vol.name)
-        return found
+        return [v["name"] for v in custom_volumes(self.client)
+                if (v.get("config") or {}).get("user.tf-lxd-spawner.user") == user
+                and (v.get("config") or {}).get("user.tf-lxd-spawner.workspace", "").startswith(str(self.hub.state_dir))]
 
 
 # -- the scenarios: each returns its findings ------------------------------------------------------

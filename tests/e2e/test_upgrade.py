@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CACHE, IMAGE
-from hubtools import Hub, delete_volumes, wait_for
+from hubtools import Hub, custom_volumes, delete_volumes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,8 @@ def stop(hub: Hub, user: str) -> None:
 
 
 def ours(obj, state_dir: Path) -> bool:
-    return obj.config.get("user.tf-lxd-spawner.workspace", "").startswith(f"{state_dir}/")
+    config = obj["config"] if isinstance(obj, dict) else obj.config
+    return (config or {}).get("user.tf-lxd-spawner.workspace", "").startswith(f"{state_dir}/")
 
 
 RETAINED = "-del-"  # in the name of a deleted user's home while it is kept
@@ -124,8 +125,7 @@ RETAINED = "-del-"  # in the name of a deleted user's home while it is kept
 def leftovers(client, state_dir: Path) -> list[str]:
     """Instances and custom volumes this case's hubs made (by their workspace label) still there."""
     found = [f"instance {i.name} ({i.status})" for i in client.instances.all() if ours(i, state_dir)]
-    for pool in client.storage_pools.all():
-        found += [f"volume {pool.name}/{v.name}" for v in pool.volumes.all() if v.type == "custom" and ours(v, state_dir)]
+    found += [f"volume {v['pool']}/{v['name']}" for v in custom_volumes(client) if ours(v, state_dir)]
     return found
 
 
