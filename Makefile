@@ -74,8 +74,19 @@ $(CACHE)/upgrade/%/.installed: tests/upgrade/tf-lxd-spawner-%.tar.gz $(VENV)/.in
 $(CHP): | debs
 	npm install --no-audit --no-fund --silent --prefix $(CACHE)/npm configurable-http-proxy@5
 
+# The tests that run daemons of their own (loopback clusters, network namespaces) run beside the
+# others, which share the machine's main daemons; each group in order, one pytest each.
+OWN_DAEMONS = tests/e2e/test_cluster.py tests/e2e/test_incus_cluster.py tests/e2e/test_remote_cluster.py \
+	tests/e2e/test_remote_members.py
 test: setup
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@rm -f $(CACHE)/test-own-daemons.log
+	@$(VENV)/bin/pytest $(PYTEST_ARGS) -p no:cacheprovider --basetemp=$(CACHE)/pytest-own-daemons $(OWN_DAEMONS) \
+		> $(CACHE)/test-own-daemons.log 2>&1 & own=$$!; \
+	$(VENV)/bin/pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(OWN_DAEMONS)); main=$$?; \
+	wait $$own; own=$$?; \
+	echo "==== the tests on daemons of their own ($(OWN_DAEMONS)):"; cat $(CACHE)/test-own-daemons.log; \
+	echo "test: the main daemons' tests exited $$main, the own daemons' $$own"; \
+	[ $$main -eq 0 ] && [ $$own -eq 0 ]
 
 unit: $(VENV)/.installed gotools  # gotools: terraform-config-inspect, for the module docs test
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -89,6 +89,20 @@ def form_cluster(members) -> None:
         m.preseed(join_preseed(m.name, m.address, token))
 
 
+def export_host_image(cli: str, alias: str, dest: Path, patience: float = 180.0) -> None:
+    """`<cli> image export alias dest` from the machine's main daemon, tried again while that
+    daemon is away: `make test` runs these tests beside test_faults, which restarts the main
+    LXD daemon on purpose."""
+    deadline = time.monotonic() + patience
+    while True:
+        r = subprocess.run([cli, "image", "export", alias, str(dest)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{cli} image export {alias}: {r.stderr.strip()}")
+        time.sleep(3)
+
+
 def make_client_cert(cert: Path, key: Path) -> None:
     """A throw-away client certificate for the tests' https clients."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:secp384r1",
@@ -168,7 +182,7 @@ class LxdCluster:
 
     def import_image_from_host(self, alias: str, workdir: Path):
         """Copy an image of the machine's main daemon of this kind into the cluster (export + import)."""
-        subprocess.run([self.kind.cli, "image", "export", alias, str(workdir / alias)], check=True, capture_output=True)
+        export_host_image(self.kind.cli, alias, workdir / alias)
         (exported,) = workdir.glob(f"{alias}*")
         self.first.lxc("image", "import", str(exported), "--alias", alias)
         exported.unlink()

@@ -29,7 +29,7 @@ from pathlib import Path
 import pylxd
 from pylxd.client import get_session_for_url
 
-from lxdcluster import bootstrap_preseed, form_cluster, make_client_cert
+from lxdcluster import bootstrap_preseed, export_host_image, form_cluster, make_client_cert
 
 SUBNET = "10.213.0"  # the bridge is .1, member i is .(10+i)
 NO_PROXY = f"127.0.0.0/8,{SUBNET}.0/24"
@@ -216,7 +216,7 @@ class NetnsLxd:
         into the cluster (export + import: the members have no image server to pull from)."""
         tmp = Path(tempfile.mkdtemp(dir=workdir))
         try:
-            subprocess.run(["lxc", "image", "export", alias, str(tmp / alias)], check=True, capture_output=True)
+            export_host_image("lxc", alias, tmp / alias)
             files = [str(p) for p in sorted(tmp.iterdir(), key=lambda p: p.stat().st_size)]  # split: metadata first
             for m in self.members[:1] if self.cluster else self.members:
                 m.lxc("image", "import", *files, "--alias", alias)

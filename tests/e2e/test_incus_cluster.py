@@ -43,6 +43,7 @@ def hub(tmp_path_factory, cluster):
         # The cluster's pool is local to each member (dir: no quota).
         c.LxdSpawner.storage_pool = "local"
         c.LxdSpawner.storage_capacity = ""
+        c.LxdSpawner.storage_retention_days = 0  # a deletion deletes (checked here); retention: test_homes.py
     """) + control_hook(work / "control.json"))
     hub.control = Control(work / "control.json")
     hub.start()

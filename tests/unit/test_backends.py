@@ -105,6 +105,9 @@ def test_a_cancelled_callers_lxd_call_is_waited_for(monkeypatch):
         raise RuntimeError("the abandoned call's own error: nobody awaits it")
 
     monkeypatch.setattr(lxd, "_connect", lambda endpoint: object())
+    # Only this test's calls: one an earlier test in the same process abandoned (on a daemon it
+    # then stopped) may still be waiting out its timeout.
+    monkeypatch.setattr(lxd, "_abandoned", set())
 
     async def go():
         caller = asyncio.ensure_future(lxd._run(lxd.Endpoint(url="/nonexistent"), slow_start, "start"))
