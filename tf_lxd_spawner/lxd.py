@@ -542,14 +542,10 @@ async def patch_volume_config(endpoint: Endpoint, pool: str, name: str, target: 
 
 
 def _delete_volume_snapshots(client: pylxd.Client, pool: str, name: str, target: str | None) -> int:
-    path = client.api.storage_pools[pool].volumes.custom[name]
-    params = {"target": target} if target else None
-    snapshots = _or_none(lambda: path.snapshots.get(params=params).json().get("metadata")) or []
+    path = _volume_path(client, pool, name)
+    snapshots = _or_none(lambda: path.snapshots.get(params=_params(target)).json().get("metadata")) or []
     for url in snapshots:
-        response = path.snapshots[url.rsplit("/", 1)[-1]].delete(params=params)
-        operation = (response.json() or {}).get("operation")
-        if operation:
-            client.operations.wait_for_operation(operation)
+        _wait(client, path.snapshots[url.rsplit("/", 1)[-1]].delete(params=_params(target)))
     return len(snapshots)
 
 

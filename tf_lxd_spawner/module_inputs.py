@@ -9,7 +9,7 @@ from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.utils import maybe_future
 
-from . import hub_relay, lxd, snapshots
+from . import hub_relay, snapshots
 from . import inputs as config_inputs
 from .errors import SpawnError
 from .ports import resolve
@@ -164,19 +164,19 @@ async def module_inputs(spawner, plan, listen_address: str, listen_port: int | N
     if plan.volume is not None:  # the home volume first; an operator's own volumes after it
         home = {"name": HOME_DEVICE, "pool": plan.volume.pool, "source": plan.volume.name, "path": plan.volume.mount_path}
         found["volumes"] = [home, *found.get("volumes", [])]
-        shown = await snapshots_disk(spawner, plan.volume)
+        shown = await snapshots_disk(spawner, plan.volume, plan.pool_driver)
         if shown:
             found["disks"] = [*found["disks"], shown]
     return found
 
 
-async def snapshots_disk(spawner, vol) -> dict | None:
+async def snapshots_disk(spawner, vol, pool_driver: str) -> dict | None:
     """The home's snapshots, read-only, at storage_snapshots_mount: when the pool keeps them as
     directories this host can reach (see snapshots.make_browsable)."""
     where = spawner.storage_snapshots_mount
     if not where or (spawner.remote_endpoint and not spawner.storage_pool_dir):
         return None
-    if await lxd.pool_driver(spawner.endpoint, vol.pool) not in snapshots.BROWSABLE_DRIVERS:
+    if pool_driver not in snapshots.BROWSABLE_DRIVERS:
         return None
     pool_path = snapshots.pool_dir(spawner.storage_pool_dir, spawner.backend_info.local_dir(), vol.pool)
     source = snapshots.host_dir(pool_path, vol.name)

@@ -30,6 +30,7 @@ class Plan:
     hub_id: str = ""
     target: str | None = None
     volume: "storage.Volume | None" = None  # the user's home volume (storage_enabled)
+    pool_driver: str = ""  # the driver of the volume's pool (btrfs, dir, zfs...)
     hub_socket: bool = False  # the hub API through the unix socket relay (hub_api_via)
     home_full: bool = False  # the home volume has no room left: the server must not need to write there
 
@@ -86,7 +87,7 @@ async def run(spawner) -> Plan:
     if not plan.hub_socket:
         await check_members_reach_hub(spawner, plan.members)
     if spawner.storage_enabled:
-        plan.volume = await check_storage(spawner)
+        plan.volume, plan.pool_driver = await check_storage(spawner)
         mounted = [d for d in disks if d.get("path", "").rstrip("/") == plan.volume.mount_path.rstrip("/")]
         if mounted:  # the operator's own home storage (the seed's /srv/homes mount): it is the home
             spawner.log.info("%s: filesystems_to_mount %r is mounted at %s, the home: no home volume for it",
@@ -96,8 +97,9 @@ async def run(spawner) -> Plan:
     return plan
 
 
-async def check_storage(spawner) -> "storage.Volume":
-    """The home volume's settings make sense and its pool exists."""
+async def check_storage(spawner) -> tuple["storage.Volume", str]:
+    """The home volume's settings make sense and its pool exists: the volume and its pool's
+    driver."""
     vol = await storage.resolve(spawner)
     try:
         storage.size_bytes(vol.size)
@@ -113,7 +115,7 @@ async def check_storage(spawner) -> "storage.Volume":
     if driver is None:
         raise SpawnError(f"storage_pool {vol.pool!r} does not exist on the {spawner.backend_info.display} server",
                          reason="config")
-    return vol
+    return vol, driver
 
 
 async def uid_gid(spawner) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import lxd, naming, snapshots
 from .errors import SpawnError
-from .storage import Volume, deferred, member_of, resolve, set_owner, set_volume
+from .storage import Volume, deferred, member_of, resolve, set_owner, set_volume, update_inputs
 from .workspace import Workspace, WorkspaceBusy, existing_hub_id, write_private
 
 DELETED_KEY = "user.tf-lxd-spawner.deleted"  # when its user was deleted (UTC, ISO 8601)
@@ -151,20 +151,12 @@ async def undelete(spawner, name: str) -> Path:
         await set_volume(sp.runner, archive, name=vol.name)
         labels = {**archive.saved_inputs().get("labels", {}), "user": sp.user.name,
                   "server": "" if vol.shared else (sp.name or ""), "workspace": str(vol.workspace)}
-        await set_volume_labels(archive, labels)
+        await asyncio.to_thread(update_inputs, archive, {"labels": labels})
         await archive.audit({"operation": "volume-undelete", "user": sp.user.name, "server": sp.name or "",
                              "volume": vol.name, "from": info.name, "outcome": "ok",
                              "note": f"given back to {sp.user.name} as their home; it goes on at {vol.workspace}"})
     await asyncio.to_thread(_move_into_place, archive.path, vol, sp)
     return vol.workspace
-
-
-async def set_volume_labels(ws: Workspace, labels: dict) -> None:
-    def write():
-        inputs = ws.saved_inputs()
-        inputs["labels"] = labels
-        write_private(ws.tfvars, json.dumps(inputs, indent=2, sort_keys=True) + "\n")
-    await asyncio.to_thread(write)
 
 
 def _move_into_place(archive: Path, vol: Volume, sp) -> None:

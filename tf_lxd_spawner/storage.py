@@ -277,14 +277,17 @@ async def set_volume(runner, ws: Workspace, **attributes) -> None:
     """Bring a volume workspace along after the daemon changed the volume (renamed: name=,
     moved to another member: target=): its inputs and its state, so the next plan changes
     nothing. The caller holds the workspace's lock."""
-    def inputs():
-        found = ws.saved_inputs()
-        found.update(attributes)
-        write_private(ws.tfvars, json.dumps(found, indent=2, sort_keys=True) + "\n")
-        (ws.path / APPLIED_STAMP).unlink(missing_ok=True)
-
     await runner.rewrite_state(ws.path, lambda state: repoint_state(state, attributes))
-    await asyncio.to_thread(inputs)
+    await asyncio.to_thread(update_inputs, ws, attributes)
+
+
+def update_inputs(ws: Workspace, changes: dict) -> None:
+    """Change some of a volume workspace's saved inputs; its next start applies them (the
+    applied stamp goes). Blocking."""
+    found = ws.saved_inputs()
+    found.update(changes)
+    write_private(ws.tfvars, json.dumps(found, indent=2, sort_keys=True) + "\n")
+    (ws.path / APPLIED_STAMP).unlink(missing_ok=True)
 
 
 def repoint_state(state: dict, attributes: dict) -> None:
