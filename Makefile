@@ -21,7 +21,7 @@ export TF_CLI_CONFIG_FILE := $(CACHE)/terraform/cli.tfrc
 # The Go-built tools (tofu; terraform where the machine has none) come after the machine's own.
 export PATH := $(CACHE)/npm/node_modules/.bin:$(VENV)/bin:$(PATH):$(CACHE)/bin
 
-.PHONY: setup setup-steps debs gotools lxd incus image provider old-releases test unit demo wheel fmt module-docs clean-state performance
+.PHONY: setup setup-steps debs gotools lxd incus image provider old-releases test unit demo wheel fmt module-docs config-docs clean-state performance
 
 # Independent steps run side by side (the Go builds are CPU-bound, the image build mostly waits
 # on downloads); each step's output is printed in one piece.
@@ -111,3 +111,8 @@ fmt:
 # and outputs (tests/unit/test_module_docs.py fails while they are out of date).
 module-docs: gotools
 	python3 setup/module_docs.py
+
+# The configuration table in README.md, from the help of the traits in tf_lxd_spawner/settings.py
+# (tests/unit/test_readme.py fails while it is out of date).
+config-docs: $(VENV)/.installed
+	$(VENV)/bin/python setup/config_docs.py

@@ -23,9 +23,9 @@ from urllib.parse import urlparse
 
 from jupyterhub.spawner import Spawner
 from traitlets import Enum, Float, Int, List, Tuple, Unicode, default
-
-from tf_lxd_spawner import naming
 from unixhttp import Client
+
+from tf_lxd_spawner.systems import naming
 
 CONF_DIR = "/etc/jupyterhub-singleuser"
 #: Blocking API calls run here, never on the event loop; wide enough for a burst of 20+ spawns.

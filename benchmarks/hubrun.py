@@ -23,8 +23,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from hubtools import Hub  # noqa: E402
 from benchstats import quantile  # noqa: E402
+from hubtools import Hub  # noqa: E402
 from unixhttp import Client  # noqa: E402
 
 POLL = 0.05  # seconds between looks at the hub's model
@@ -179,7 +179,7 @@ class HubSession:
     def audit_records(self, user: str) -> list[dict]:
         """The user's default server's audit.jsonl (tf-lxd-spawner only; [] when absent)."""
         try:
-            from tf_lxd_spawner.workspace import workspace_path
+            from tf_lxd_spawner.systems.workspace import workspace_path
             path = workspace_path(self.hub.state_dir, user, "") / "audit.jsonl"
         except ImportError:
             path = self.hub.state_dir / user / "_default" / "audit.jsonl"

@@ -20,8 +20,8 @@ from tinyimage import TinyFleet  # noqa: E402
 
 
 def request_count() -> int | None:
-    """tf_lxd_spawner.lxd.request_count() when the spawner offers it, else None ("n/a")."""
-    from tf_lxd_spawner import lxd
+    """tf_lxd_spawner.systems.lxd.request_count() when the spawner offers it, else None ("n/a")."""
+    from tf_lxd_spawner.systems import lxd
 
     counter = getattr(lxd, "request_count", None)
     return counter() if callable(counter) else None
@@ -61,5 +61,5 @@ def measure(backend: str, servers: int, rounds: int = 3, gap: float = 5.0) -> di
     with TinyFleet(backend, servers) as fleet:
         rows = asyncio.run(_rounds(fleet.names, backend, rounds, gap))
         return {"backend": backend, "servers": servers, "launch_s": round(fleet.create_seconds, 2),
-                "counter": "tf_lxd_spawner.lxd.request_count()" if rows[0]["requests"] is not None else "n/a",
+                "counter": "tf_lxd_spawner.systems.lxd.request_count()" if rows[0]["requests"] is not None else "n/a",
                 "rounds": rows}

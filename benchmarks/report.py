@@ -403,8 +403,8 @@ def _poll_section(results: dict) -> str:
         "`poll()` on that many `LxdSpawner` objects at once (one `asyncio.gather`, as built by "
         "`tests/spawnerstub.make_spawner`, each loaded with the state of a running container), counting the "
         "HTTP requests the spawner sent to the daemon ("
-        + ("`tf_lxd_spawner.lxd.request_count()`" if counted else
-           "n/a: the measured spawner version has no `tf_lxd_spawner.lxd.request_count()`")
+        + ("`tf_lxd_spawner.systems.lxd.request_count()`" if counted else
+           "n/a: the measured spawner version has no `tf_lxd_spawner.systems.lxd.request_count()`")
         + "). The containers are "
         "a throw-away busybox image whose init only sleeps, made and deleted by the benchmark. "
         f"Rounds are {gap if gap is not None else '?'} s apart" + _gap_note(gap, max_age)

@@ -46,7 +46,7 @@ def state_with(token: str) -> str:
 
 async def measure(old_logs: int, rounds: int) -> dict:
     import tf_lxd_spawner
-    from tf_lxd_spawner.workspace import Workspace
+    from tf_lxd_spawner.systems.workspace import Workspace
 
     with tempfile.TemporaryDirectory(prefix="stop-log-cost-") as tmp:
         ws = Workspace(Path(tmp) / "ws")

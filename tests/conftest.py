@@ -50,7 +50,6 @@ def no_volume_left_behind(tmp_path_factory):
     label points into this session's temporary directory), on both daemons."""
     yield
     import pylxd
-
     from hubtools import delete_volumes
 
     base = str(tmp_path_factory.getbasetemp())

@@ -3,9 +3,9 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+from conftest import REPO
 from traitlets.config import Config, PyFileConfigLoader
 
-from conftest import REPO
 from tf_lxd_spawner import LxdSpawner
 
 EXAMPLES = REPO / "examples"

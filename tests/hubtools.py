@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 import requests
 import websocket
-
 from conftest import CACHE, IMAGE, free_port
 
 CHP = CACHE / "npm" / "node_modules" / ".bin" / "configurable-http-proxy"

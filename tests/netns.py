@@ -23,13 +23,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pylxd
+from lxdcluster import (
+    bootstrap_preseed,
+    export_host_image,
+    form_cluster,
+    make_client_cert,
+)
 from pylxd.client import get_session_for_url
-
-from lxdcluster import bootstrap_preseed, export_host_image, form_cluster, make_client_cert
 
 SUBNET = "10.213.0"  # the bridge is .1, member i is .(10+i)
 NO_PROXY = f"127.0.0.0/8,{SUBNET}.0/24"

@@ -7,6 +7,7 @@ import os
 from types import SimpleNamespace
 
 from conftest import CACHE
+
 from tf_lxd_spawner import LxdSpawner
 
 

@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import IMAGE
 from spawnerstub import make_spawner
-from tf_lxd_spawner.ports import ports
+
 from tf_lxd_spawner.spawner import SpawnError
+from tf_lxd_spawner.systems.ports import ports
 
 pytestmark = pytest.mark.e2e
 
@@ -203,7 +203,9 @@ def test_names_in_host_paths_are_escaped_and_stay_in_their_directory(tmp_path, l
     """{username} in host paths is the escaped name (as in DockerSpawner's volumes): with
     create_mount_dirs, each hostile name gets one directory inside homes/, owned by the user's
     ids, and its pushed file is read from inside pushed/; nothing is made anywhere else."""
-    from tf_lxd_spawner.naming import host_component as path_component  # what {username} becomes
+    from tf_lxd_spawner.systems.naming import (
+        host_component as path_component,  # what {username} becomes
+    )
 
     homes, pushed = tmp_path / "host" / "homes", tmp_path / "host" / "pushed"
     homes.mkdir(parents=True)

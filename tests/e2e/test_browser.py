@@ -16,19 +16,23 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import CACHE, IMAGE, REPO
+from hubtools import Hub, second_alias, shut_down
 from selenium import webdriver
-from selenium.common.exceptions import (ElementClickInterceptedException, ElementNotInteractableException,
-                                        NoSuchElementException, StaleElementReferenceException, TimeoutException,
-                                        WebDriverException)
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+    TimeoutException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
-
-from conftest import CACHE, IMAGE, REPO
-from hubtools import Hub, second_alias, shut_down
 
 pytestmark = pytest.mark.e2e
 

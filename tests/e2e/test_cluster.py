@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 import spawnerstub
 from homemoves import follow_refuse_move
 from hubtools import Hub
 from lxdcluster import TINY, LxdCluster
-from tf_lxd_spawner.placement import reservations
+
+from tf_lxd_spawner.lifecycle.placement import reservations
 
 pytestmark = pytest.mark.e2e
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import IMAGE
 from hubtools import Hub, container_token, shut_down
 
@@ -104,7 +103,7 @@ c.Spawner.pre_spawn_hook = hook
 
 
 def ws_of(hub, user, server="_default"):
-    from tf_lxd_spawner.workspace import path_component
+    from tf_lxd_spawner.systems.workspace import path_component
 
     return hub.state_dir / path_component(user) / (path_component(server) if server != "_default" else server)
 
@@ -212,7 +211,8 @@ def test_one_poll_round_of_many_servers_costs_one_request(hub):
     import asyncio
 
     from spawnerstub import make_spawner
-    from tf_lxd_spawner import lxd
+
+    from tf_lxd_spawner.systems import lxd
 
     users = ["pollr0", "pollr1", "pollr2"]
     for u in users:

@@ -18,9 +18,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import CACHE, IMAGE, REPO, free_port
-from tf_lxd_spawner import doctor
+
+from tf_lxd_spawner.operator import doctor
 
 pytestmark = pytest.mark.e2e
 

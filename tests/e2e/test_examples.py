@@ -7,10 +7,9 @@ import asyncio
 import json
 import shutil
 
+import exampleconfig
 import pylxd
 import pytest
-
-import exampleconfig
 import spawnerstub
 from conftest import INCUS_SOCKET
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import IMAGE, REPO
 from hubtools import Hub, shut_down, terraform_pid, wait_for
 from spawnerstub import make_spawner

@@ -12,7 +12,6 @@ import time
 
 import pytest
 import requests
-
 from conftest import MODULE_DIR
 from hubtools import Hub, second_alias, shut_down
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from conftest import CACHE, IMAGE, free_port
 from hubtools import Control, Hub, control_hook, delete_volumes, shut_down
 from test_no_loss import Ctx, Findings

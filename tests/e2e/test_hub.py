@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from hubtools import ExecWatcher, Hub, container_token, shut_down
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,8 @@ import json
 import os
 
 import pytest
-
 from conftest import CACHE, IMAGE
-from hubtools import Control, Hub, control_hook, container_token, shut_down, wait_for
+from hubtools import Control, Hub, container_token, control_hook, shut_down, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ import uuid
 
 import pytest
 import requests
-
 from hubtools import Hub, container_token, shut_down
-from tf_lxd_spawner.workspace import Workspace, workspace_path
+
+from tf_lxd_spawner.systems.workspace import Workspace, workspace_path
 
 pytestmark = pytest.mark.e2e
 

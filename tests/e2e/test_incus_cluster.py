@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import IMAGE
 from homemoves import follow_refuse_move
 from hubtools import Control, Hub, control_hook, shut_down

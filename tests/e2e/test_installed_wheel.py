@@ -13,9 +13,9 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-
 from hubtools import Hub, shut_down
-from tf_lxd_spawner import modules
+
+from tf_lxd_spawner.systems import modules
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

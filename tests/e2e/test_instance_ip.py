@@ -18,7 +18,6 @@ import json
 import time
 
 import pytest
-
 from hubtools import Hub, shut_down
 from netns import ip
 

@@ -9,7 +9,6 @@ import re
 import subprocess
 
 import pytest
-
 from conftest import CACHE, IMAGE
 from hubtools import Hub, shut_down
 

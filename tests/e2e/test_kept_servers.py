@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from conftest import CACHE, IMAGE
-from hubtools import Control, Hub, control_hook, second_alias, shut_down, terraform_pid, wait_for
+from hubtools import (
+    Control,
+    Hub,
+    control_hook,
+    second_alias,
+    shut_down,
+    terraform_pid,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 

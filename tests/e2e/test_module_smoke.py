@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 import requests
-
 from conftest import IMAGE, MODULE_DIR, free_port, terraform_env
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import CACHE, MODULE_DIR, STORAGE_MODULE_DIR, free_port, terraform_env
 from hubtools import delete_volumes
 

@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import CACHE, IMAGE, REPO
 from hubtools import Control, Hub, control_hook, custom_volumes, shut_down, wait_for
 
@@ -256,7 +255,7 @@ def released_volume_recreated_user(c: Ctx) -> Findings:
     f.expect(c.hub.server_model(user) is None, "the re-created user's spawn does not start on the kept volume")
     f.expect("kept from a deleted user" in last and "reference" not in last,
              f"the refusal says what happened (not a generic error): {last!r}")
-    cli = [sys.executable, "-m", "tf_lxd_spawner.cli", "adopt-volume", "--state-dir", str(c.hub.state_dir),
+    cli = [sys.executable, "-m", "tf_lxd_spawner.operator.cli", "adopt-volume", "--state-dir", str(c.hub.state_dir),
            "--backend", c.daemon, "--user", user, "--volume", vol]
     done = subprocess.run(cli, capture_output=True, text=True, timeout=120)
     if not f.expect(done.returncode == 0, f"adopt-volume: {done.returncode} {done.stdout} {done.stderr}"):

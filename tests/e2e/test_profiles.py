@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-
 from conftest import CACHE, IMAGE
 from hubtools import Hub, second_alias, shut_down, wait_for
 

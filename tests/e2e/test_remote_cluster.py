@@ -3,11 +3,10 @@ each server is reached at the address of the member it landed on, whoever chose 
 
 import json
 
+import netns
 import pytest
-
 from conftest import IMAGE
 from hubtools import Hub, shut_down
-import netns
 
 pytestmark = pytest.mark.e2e
 

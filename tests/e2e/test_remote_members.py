@@ -9,12 +9,12 @@ creates (netns.py), with its own address on a veth pair: only the right address 
 import asyncio
 import json
 
+import netns
 import pytest
-
 import spawnerstub
 from conftest import IMAGE
 from hubtools import Hub, shut_down
-import netns
+
 from tf_lxd_spawner.spawner import SpawnError
 
 pytestmark = pytest.mark.e2e

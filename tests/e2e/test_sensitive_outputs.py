@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import IMAGE, INCUS_SOCKET
 from spawnerstub import make_spawner
 

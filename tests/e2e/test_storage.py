@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from conftest import CACHE, IMAGE
 from hubtools import Control, Hub, control_hook, delete_volumes, second_alias, shut_down
 

@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import CACHE, IMAGE
 from hubtools import Hub, custom_volumes, delete_volumes, wait_for
 
@@ -35,8 +34,11 @@ pytestmark = pytest.mark.e2e
 
 BINARY = {"lxd": "terraform", "incus": "tofu"}
 # The releases in tests/upgrade/: whether they have home volumes (storage_enabled) at all.
-RELEASES = {"98db19d": {"storage": False}, "27f0bb9": {"storage": True}, "95ce0d7": {"storage": True}}
-CASES = [("98db19d", "incus"), ("98db19d", "lxd"), ("27f0bb9", "incus"), ("95ce0d7", "lxd")]
+RELEASES = {"98db19d": {"storage": False}, "27f0bb9": {"storage": True}, "95ce0d7": {"storage": True},
+            "632bc32": {"storage": True}}
+# Each release once; the last one (0.3.0, whose modules were all in one folder) on the daemon the
+# one before it was not tested on.
+CASES = [("98db19d", "incus"), ("27f0bb9", "incus"), ("95ce0d7", "lxd"), ("632bc32", "incus")]
 USERS = ("runner", "keeper")
 
 READ = ("import os\np = os.path.expanduser({rel!r})\n"

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from tf_lxd_spawner import backends, provider
-from tf_lxd_spawner.terraform import pick_binary
+from tf_lxd_spawner.systems import backends, provider
+from tf_lxd_spawner.systems.terraform import pick_binary
 
 
 def test_local_sockets_follow_the_daemons_own_variables(monkeypatch):
@@ -81,7 +81,7 @@ def test_provider_block_per_endpoint(tmp_path):
 
 
 def test_missing_socket_is_named():
-    from tf_lxd_spawner import lxd
+    from tf_lxd_spawner.systems import lxd
 
     with pytest.raises(lxd.LxdUnavailable, match=r"Incus is not reachable at the local unix socket /nonexistent/unix.socket: "
                        r"it does not exist \(is the daemon running\?\)"):
@@ -95,7 +95,7 @@ def test_a_cancelled_callers_lxd_call_is_waited_for(monkeypatch):
     import threading
     import time
 
-    from tf_lxd_spawner import lxd
+    from tf_lxd_spawner.systems import lxd
 
     finished = threading.Event()
 

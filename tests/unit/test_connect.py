@@ -6,8 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner.connect import connect_url, has_nic, http_url, pick_ipv4, server_bind_ip
-from tf_lxd_spawner.lxd import Endpoint, LxdUnavailable, Member
+from tf_lxd_spawner.lifecycle.connect import (
+    connect_url,
+    has_nic,
+    http_url,
+    pick_ipv4,
+    server_bind_ip,
+)
+from tf_lxd_spawner.systems.lxd import Endpoint, LxdUnavailable, Member
 
 
 def addr(family, address, scope="global"):

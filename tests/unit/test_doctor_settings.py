@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner import cli, doctor
+from tf_lxd_spawner.operator import cli, doctor
 
 
 @pytest.mark.parametrize("version, constraint, holds", [

@@ -6,9 +6,8 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 import exampleconfig
+import pytest
 from conftest import CACHE, MODULE_DIR, REPO, terraform_env
 
 EXPECTED = {"demo", "seed", "cluster-weights", "custom-module-gpu", "incus-opentofu", "profiles"}
@@ -20,7 +19,7 @@ def test_the_examples_are_the_expected_six_each_with_a_readme():
     for name in EXPECTED:
         readme = (exampleconfig.EXAMPLES / name / "README.md").read_text()
         # Each README says how to run it and what to change for production.
-        assert f"jupyterhub_config.py" in readme and "## Production" in readme, name
+        assert "jupyterhub_config.py" in readme and "## Production" in readme, name
 
 
 @pytest.mark.parametrize("name", FOUND)

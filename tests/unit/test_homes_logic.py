@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from tf_lxd_spawner import doctor, homes, retention, snapshots, storage
 from tf_lxd_spawner.errors import SpawnError
-from tf_lxd_spawner.lxd import VolumeInfo
-from tf_lxd_spawner.terraform import planned_creations, planned_replacements
+from tf_lxd_spawner.homes import operations, retention, snapshots, storage
+from tf_lxd_spawner.operator import doctor
+from tf_lxd_spawner.systems.lxd import VolumeInfo
+from tf_lxd_spawner.systems.terraform import planned_creations, planned_replacements
 
 LXD_NAME = re.compile(r"^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 UTC = dt.timezone.utc
@@ -207,17 +208,17 @@ def test_a_missing_or_garbage_purge_time_is_never_due(value):
     assert not retention._due(_info(value), NOW)
 
 
-# --- homes._relative -------------------------------------------------------------------------
+# --- operations._relative -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["work/nb.ipynb", "/work/nb.ipynb", "work/nb.ipynb/", "//work/nb.ipynb"])
 def test_restore_paths_are_relative_to_the_home(path):
-    assert homes._relative(path) == "work/nb.ipynb"
+    assert operations._relative(path) == "work/nb.ipynb"
 
 
 @pytest.mark.parametrize("path", ["../etc/passwd", "a/../../b", "work/..", ".", "", "/", "./"])
 def test_paths_outside_the_home_or_the_whole_home_are_refused(path):
     with pytest.raises(SpawnError, match="is not a path inside the home"):
-        homes._relative(path)
+        operations._relative(path)
 
 
 # --- terraform.planned_creations / planned_replacements ---------------------------------------
@@ -358,7 +359,7 @@ def test_a_purge_time_without_a_zone_is_read_as_utc_not_an_error():
 def test_a_pools_listing_of_snapshots_is_not_taken_for_volumes():
     """The daemons list each custom volume's snapshots among the pool's volumes (<volume>/<snapshot>):
     a retained home's snapshot must never be purged, reported or followed as a volume of its own."""
-    from tf_lxd_spawner import lxd
+    from tf_lxd_spawner.systems import lxd
 
     assert lxd._is_custom_volume({"type": "custom", "name": "home-a"})
     assert not lxd._is_custom_volume({"type": "custom", "name": "home-a/before-delete-2026-12-07_11-56-49"})

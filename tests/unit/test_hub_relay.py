@@ -9,11 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner import hub_relay
 from tf_lxd_spawner.errors import SpawnError
-from tf_lxd_spawner.lxd import Member
-from tf_lxd_spawner.module_inputs import hub_address
-from tf_lxd_spawner.preflight import hub_api_by_socket
+from tf_lxd_spawner.lifecycle.module_inputs import hub_address
+from tf_lxd_spawner.lifecycle.preflight import hub_api_by_socket
+from tf_lxd_spawner.systems import hub_relay
+from tf_lxd_spawner.systems.lxd import Member
 
 
 async def _http_like_server():
@@ -119,7 +119,7 @@ def test_inside_the_container_the_api_is_on_the_relays_port_or_the_proxy_devices
 def test_the_socket_directory_is_absolute_with_a_relative_state_dir(tmp_path, monkeypatch):
     """LXD mounts only absolute host paths; an operator's state_dir may be relative to the hub's
     working directory (tests/e2e/test_installed_wheel runs a hub that way)."""
-    from tf_lxd_spawner.module_inputs import hub_socket_dir
+    from tf_lxd_spawner.lifecycle.module_inputs import hub_socket_dir
     monkeypatch.chdir(tmp_path)
     assert hub_socket_dir(SimpleNamespace(state_dir="relative-state")) == str(tmp_path / "relative-state" / "_hub-api")
 

@@ -3,13 +3,13 @@ stand-in binary that lays out what init makes and counts its runs (the real Terr
 OpenTofu run it in every e2e spawn)."""
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
-from tf_lxd_spawner import initialising
-from tf_lxd_spawner.terraform import TerraformRunner
-from tf_lxd_spawner.workspace import Workspace
+from tf_lxd_spawner.systems import initialising
+from tf_lxd_spawner.systems.terraform import Terraform, TerraformRunner
+from tf_lxd_spawner.systems.workspace import Workspace
 
 FAKE_INIT = """#!/usr/bin/env python3
 import json, os, sys, time
@@ -31,32 +31,26 @@ def stand_in(tmp_path: Path, share: bool = True):
     count = tmp_path / "inits.txt"
     runner = TerraformRunner(str(binary), env={"FAKE_COUNT": str(count)})
 
-    async def run_terraform(ws, command, *args, **kwargs):
-        await runner.run(command, *args, cwd=ws.path, log_path=ws.run_log(command), **kwargs)
-        await ws.seal()
-
-    spawner = SimpleNamespace(share_terraform_init=share, state_dir=str(tmp_path / "state"), runner=runner,
-                              run_terraform=run_terraform)
-    return spawner, count
+    return Terraform(runner, str(tmp_path / "state"), share), count
 
 
-async def prepared(spawner, name: str, main_tf: str) -> Workspace:
-    ws = Workspace(Path(spawner.state_dir) / name / "_default")
+async def prepared(tf, name: str, main_tf: str) -> Workspace:
+    ws = Workspace(Path(tf.state_dir) / name / "_default")
     assert await ws.prepare(main_tf, {"name": name})  # a new workspace needs init
     return ws
 
 
 def test_new_workspaces_share_one_init_even_when_started_at_once(tmp_path):
-    spawner, count = stand_in(tmp_path)
+    tf, count = stand_in(tmp_path)
 
     async def main():
-        wss = [await prepared(spawner, f"user{i}", "root A") for i in range(5)]
-        ran = await asyncio.gather(*(initialising.initialise(spawner, ws, "root A") for ws in wss))
+        wss = [await prepared(tf, f"user{i}", "root A") for i in range(5)]
+        ran = await asyncio.gather(*(initialising.initialise(tf, ws, "root A") for ws in wss))
         return wss, ran
 
     wss, ran = asyncio.run(main())
     assert sorted(ran) == [False] * 4 + [True]  # one of them initialised, for all
-    [shared] = (Path(spawner.state_dir) / initialising.SHARED_DIR).iterdir()
+    [shared] = (Path(tf.state_dir) / initialising.SHARED_DIR).iterdir()
     assert count.read_text().splitlines() == [str(shared)]  # init ran once, in the shared directory
     for ws in wss:
         dot = ws.path / ".terraform"
@@ -70,33 +64,33 @@ def test_new_workspaces_share_one_init_even_when_started_at_once(tmp_path):
 
 
 def test_a_changed_root_initialises_once_more_and_relinks(tmp_path):
-    spawner, count = stand_in(tmp_path)
+    tf, count = stand_in(tmp_path)
 
     async def main():
-        ws = await prepared(spawner, "u", "root A")
-        await initialising.initialise(spawner, ws, "root A")
+        ws = await prepared(tf, "u", "root A")
+        await initialising.initialise(tf, ws, "root A")
         assert await ws.prepare("root B", {})  # the module source changed
-        assert await initialising.initialise(spawner, ws, "root B") is True
+        assert await initialising.initialise(tf, ws, "root B") is True
         return ws
 
     ws = asyncio.run(main())
     assert len(count.read_text().splitlines()) == 2
     assert Path(os.readlink(ws.path / ".terraform")).parent == initialising.shared_path(
-        spawner.state_dir, spawner.runner.binary, "root B")
+        tf.state_dir, tf.binary, "root B")
 
 
 def test_a_workspace_initialised_on_its_own_before_is_linked(tmp_path):
     """A workspace from before (a .terraform directory of its own) gives it up for the link;
     its state and audit are untouched."""
-    spawner, _ = stand_in(tmp_path)
-    ws = Workspace(Path(spawner.state_dir) / "old" / "_default")
+    tf, _ = stand_in(tmp_path)
+    ws = Workspace(Path(tf.state_dir) / "old" / "_default")
     (ws.path / ".terraform" / "providers").mkdir(parents=True)
     (ws.path / "terraform.tfstate").write_text("{}")
     (ws.path / "audit.jsonl").write_text('{"operation": "start"}\n')
 
     async def main():
         assert await ws.prepare("root A", {})
-        await initialising.initialise(spawner, ws, "root A")
+        await initialising.initialise(tf, ws, "root A")
 
     asyncio.run(main())
     assert (ws.path / ".terraform").is_symlink()
@@ -105,29 +99,29 @@ def test_a_workspace_initialised_on_its_own_before_is_linked(tmp_path):
 
 
 def test_sharing_off_initialises_each_workspace(tmp_path):
-    spawner, count = stand_in(tmp_path, share=False)
+    tf, count = stand_in(tmp_path, share=False)
 
     async def main():
         for name in ("a", "b"):
-            ws = await prepared(spawner, name, "root A")
-            assert await initialising.initialise(spawner, ws, "root A") is True
+            ws = await prepared(tf, name, "root A")
+            assert await initialising.initialise(tf, ws, "root A") is True
             assert (ws.path / ".terraform").is_dir() and not (ws.path / ".terraform").is_symlink()
 
     asyncio.run(main())
     assert len(count.read_text().splitlines()) == 2
-    assert not (Path(spawner.state_dir) / initialising.SHARED_DIR).exists()
+    assert not (Path(tf.state_dir) / initialising.SHARED_DIR).exists()
 
 
 def test_a_relative_state_dir_links_by_absolute_path(tmp_path, monkeypatch):
     """An operator's state_dir is often relative to the hub's directory: the link must still
     resolve from inside the workspace (found by test_installed_wheel's relative state_dir)."""
-    spawner, count = stand_in(tmp_path)
+    tf, count = stand_in(tmp_path)
     monkeypatch.chdir(tmp_path)
-    spawner.state_dir = "relative-state"
+    tf = dataclasses.replace(tf, state_dir="relative-state")
 
     async def main():
-        ws = await prepared(spawner, "u", "root A")
-        await initialising.initialise(spawner, ws, "root A")
+        ws = await prepared(tf, "u", "root A")
+        await initialising.initialise(tf, ws, "root A")
         return ws
 
     ws = asyncio.run(main())

@@ -1,7 +1,18 @@
 import pytest
 
-from tf_lxd_spawner.inputs import (ConfigError, Names, check_subid_allowed, checked_user_options, chosen_image,
-                                   command_lists, container_path, host_path, limits, mounts, pushed_files)
+from tf_lxd_spawner.lifecycle.settings_values import (
+    ConfigError,
+    Names,
+    check_subid_allowed,
+    checked_user_options,
+    chosen_image,
+    command_lists,
+    container_path,
+    host_path,
+    limits,
+    mounts,
+    pushed_files,
+)
 
 
 def expand(s):
@@ -175,7 +186,7 @@ def test_a_name_starting_with_dash_never_becomes_an_option():
 
 
 def test_only_allow_listed_environment_passes():
-    from tf_lxd_spawner.environment import DEFAULT_ALLOWED, allowed
+    from tf_lxd_spawner.systems.environment import DEFAULT_ALLOWED, allowed
 
     hub_env = {"PATH": "/bin", "LC_ALL": "C", "TF_CLI_CONFIG_FILE": "/x", "CONFIGPROXY_AUTH_TOKEN": "s",
                "JUPYTERHUB_CRYPT_KEY": "k", "AWS_SECRET_ACCESS_KEY": "a", "PATHOLOGICAL": "p"}

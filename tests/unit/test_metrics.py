@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tf_lxd_spawner import metrics
-from tf_lxd_spawner.stages import Stages
+from tf_lxd_spawner.lifecycle.stages import Stages
 
 
 def value(name, **labels):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import MODULE_DIR, REPO, STORAGE_MODULE_DIR
 
 SCRIPT = REPO / "setup" / "module_docs.py"
@@ -176,7 +175,8 @@ def test_files_output_is_sensitive_wherever_it_is_passed_on():
     import re
 
     from conftest import REPO
-    from tf_lxd_spawner.workspace import render_root
+
+    from tf_lxd_spawner.systems.workspace import render_root
 
     gen = load_generator()
     for module in (MODULE_DIR, REPO / "examples" / "custom-module-gpu" / "module"):

@@ -5,7 +5,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import MODULE_DIR, REPO, STORAGE_MODULE_DIR, terraform_env
 
 

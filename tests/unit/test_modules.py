@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from tf_lxd_spawner import modules, storage
-from tf_lxd_spawner.workspace import hcl_string, render_root
+from tf_lxd_spawner.homes import storage
+from tf_lxd_spawner.systems import modules
+from tf_lxd_spawner.systems.workspace import hcl_string, render_root
 
 PROVIDER = {"refresh_interval": "250ms", "remote": None, "config_dir": None, "accept_remote_certificate": False}
 #: An https endpoint: the provider block then has its own lines of quoted strings.

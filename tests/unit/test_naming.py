@@ -4,8 +4,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner import LxdSpawner, storage
-from tf_lxd_spawner.naming import instance_name, legacy_instance_name, posix_username
+from tf_lxd_spawner import LxdSpawner
+from tf_lxd_spawner.homes import storage
+from tf_lxd_spawner.systems.naming import (
+    instance_name,
+    legacy_instance_name,
+    posix_username,
+)
 
 LXD_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
 NASTY = ["alice", "Alice", 'o"brien', "${file(\"/etc/passwd\")}", "%{ for x in y }", "a\nb",

@@ -2,8 +2,12 @@ from collections import Counter
 
 import pytest
 
-from tf_lxd_spawner.lxd import Member
-from tf_lxd_spawner.placement import NoMemberAvailable, Reservations, least_loaded
+from tf_lxd_spawner.lifecycle.placement import (
+    NoMemberAvailable,
+    Reservations,
+    least_loaded,
+)
+from tf_lxd_spawner.systems.lxd import Member
 
 M = [Member("m1", "Online", "127.0.0.11"), Member("m2", "Online", "127.0.0.12"), Member("m3", "Online", "127.0.0.13")]
 

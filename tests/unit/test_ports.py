@@ -2,7 +2,7 @@
 
 import pytest
 
-from tf_lxd_spawner.ports import NoFreePort, PortAllocator, is_wildcard
+from tf_lxd_spawner.systems.ports import NoFreePort, PortAllocator, is_wildcard
 
 MEMBER = "10.20.0.5"  # not this host's: nothing is test-bound
 

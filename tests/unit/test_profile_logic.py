@@ -11,8 +11,8 @@ import pytest
 from traitlets import Any, Callable, Dict, Unicode, Union
 from traitlets.config import Configurable
 
-from tf_lxd_spawner import profiles
-from tf_lxd_spawner.inputs import ConfigError
+from tf_lxd_spawner.lifecycle import profiles
+from tf_lxd_spawner.lifecycle.settings_values import ConfigError
 from tf_lxd_spawner.spawner import LxdSpawner
 
 # As copied from a zero-to-jupyterhub values file (kubespawner_override, a dict-less list).

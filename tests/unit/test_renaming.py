@@ -5,18 +5,22 @@ import asyncio
 import json
 
 import pytest
-
 import spawnerstub
-from tf_lxd_spawner import state as server_state
+
 from tf_lxd_spawner.errors import SpawnError
-from tf_lxd_spawner.state import Phase, ServerState
+from tf_lxd_spawner.lifecycle.record import (
+    Phase,
+    ServerState,
+    read_record,
+    write_record,
+)
 
 
 def _workspace(tmp_path, server, record: ServerState):
     sp = spawnerstub.make_spawner(tmp_path / "state", "ann", server)
     ws = sp.workspace_dir()
     ws.path.mkdir(parents=True)
-    server_state.write(ws.path, record)
+    write_record(ws.path, record)
     (ws.path / "audit.jsonl").write_text(json.dumps({"operation": "start", "outcome": "ok"}) + "\n")
     return sp, ws.path
 
@@ -29,7 +33,7 @@ def test_a_stopped_server_moves_with_its_audit_trail(tmp_path):
     ops = [json.loads(line) for line in (new / "audit.jsonl").read_text().splitlines()]
     assert [(o["operation"], o.get("from"), o.get("to")) for o in ops] == [("start", None, None),
                                                                          ("rename", "old", "new")]
-    moved = server_state.read(new)
+    moved = read_record(new)
     assert moved.workspace == str(new) and moved.volume == "/v/home-ann-old"  # the volume stays its own
 
 

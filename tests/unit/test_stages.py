@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from tf_lxd_spawner.stages import Stages
+from tf_lxd_spawner.lifecycle.stages import Stages
 
 
 def test_stages_add_up_and_a_failed_stage_is_still_timed():

@@ -3,8 +3,15 @@ in the workspace."""
 
 import dataclasses
 
-from tf_lxd_spawner import state
-from tf_lxd_spawner.state import Phase, ServerState
+from tf_lxd_spawner.lifecycle.record import (
+    FORMAT,
+    RECORD_FILE,
+    Phase,
+    ServerState,
+    legacy_record,
+    read_record,
+    write_record,
+)
 
 
 def test_a_kept_instance_is_resumable_and_stays_so_through_a_failure():
@@ -36,21 +43,21 @@ def test_round_trip_and_states_saved_before_records():
 
 
 def test_legacy_workspaces_are_read_from_their_terraform_state():
-    assert state.legacy([], "i", "/ws", keep=True).phase is Phase.NONE
-    assert state.legacy([{"type": "lxd_container"}], "i", "/ws", keep=True).resumable
-    leftover = state.legacy([{"type": "lxd_container"}], "i", "/ws", keep=False)
+    assert legacy_record([], "i", "/ws", keep=True).phase is Phase.NONE
+    assert legacy_record([{"type": "lxd_container"}], "i", "/ws", keep=True).resumable
+    leftover = legacy_record([{"type": "lxd_container"}], "i", "/ws", keep=False)
     assert leftover.phase is Phase.CREATING and not leftover.keeps_files
 
 
 def test_the_workspace_copy_is_private_and_atomic(tmp_path):
-    assert state.read(tmp_path) is None
+    assert read_record(tmp_path) is None
     rec = ServerState().creating("i", str(tmp_path), "img", False)
-    state.write(tmp_path, rec)
-    assert state.read(tmp_path) == rec
-    assert (tmp_path / state.STATE_FILE).stat().st_mode & 0o777 == 0o600
+    write_record(tmp_path, rec)
+    assert read_record(tmp_path) == rec
+    assert (tmp_path / RECORD_FILE).stat().st_mode & 0o777 == 0o600
     assert not list(tmp_path.glob(".*.tmp"))
-    (tmp_path / state.STATE_FILE).write_text("{torn")
-    assert state.read(tmp_path) is None
+    (tmp_path / RECORD_FILE).write_text("{torn")
+    assert read_record(tmp_path) is None
 
 
 # -- format 2: settings, profile, and states written by earlier releases --------------------------
@@ -82,7 +89,7 @@ def test_format_of_tells_the_release_that_wrote_a_state():
     assert ServerState.format_of({"phase": "kept", "instance": "i"}) == 1  # 0.1.0's record
     assert ServerState.format_of({"phase": "kept", "format": 2}) == 2
     assert ServerState.format_of({"phase": "kept", "format": "3"}) == 3
-    assert ServerState.format_of(ServerState().creating("i", "/ws", "img", False).to_dict()) == state.FORMAT == 2
+    assert ServerState.format_of(ServerState().creating("i", "/ws", "img", False).to_dict()) == FORMAT == 2
 
 
 def test_to_dict_writes_format_2_and_settings_and_profile_survive_a_round_trip(tmp_path):
@@ -93,9 +100,9 @@ def test_to_dict_writes_format_2_and_settings_and_profile_survive_a_round_trip(t
     assert d["format"] == 2 and d["settings"] == settings and d["profile"] == "big" and d["phase"] == "running"
     back = ServerState.from_dict(d)
     assert back == rec and back.settings == settings and back.profile == "big"
-    state.write(tmp_path, rec)
-    assert state.read(tmp_path) == rec
-    assert state.read(tmp_path).settings["limits"] == {"cpu": "2"}
+    write_record(tmp_path, rec)
+    assert read_record(tmp_path) == rec
+    assert read_record(tmp_path).settings["limits"] == {"cpu": "2"}
     # A record that says it is of an older format is written back as the current one
     assert ServerState.from_dict({"phase": "kept", "instance": "i", "format": 1}).to_dict()["format"] == 2
     assert ServerState.from_dict({"phase": "kept", "instance": "i", "keeps_files": True}).to_dict()["format"] == 2

@@ -8,28 +8,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner import lxd, stopping
-from tf_lxd_spawner.stages import Stages
-from tf_lxd_spawner.workspace import Workspace
+from tf_lxd_spawner.lifecycle import stopping
+from tf_lxd_spawner.lifecycle.server import Server
+from tf_lxd_spawner.lifecycle.stages import Stages
+from tf_lxd_spawner.systems import lxd
+from tf_lxd_spawner.systems.workspace import Workspace
 
 
-class FakeSpawner:
+class FakeTerraform:
+    """Stands in for systems.terraform.Terraform: records the order of its runs."""
+
     def __init__(self, events: list, running: dict, plan_seconds: float = 0.05):
         self.events = events
         self.running = running
         self.plan_seconds = plan_seconds
-        self.instance = "jupyter-alice"
-        self.endpoint = None
-        self.stop_grace_period = 0.0
-        self.module_source = "/nonexistent/module"  # not a local directory: used as it is
         self.state_dir = "/nonexistent/state"
-        self.log = SimpleNamespace(warning=lambda *a: None)
         self.planned_and_cancelled = False
 
-    async def owner_id(self):
-        return "hub"
-
-    async def run_terraform(self, ws, command, *args, label="", **kwargs):
+    async def run(self, ws, command, *args, label="", **kwargs):
         if label == "destroy-plan":
             self.events.append("plan started")
             try:
@@ -43,6 +39,12 @@ class FakeSpawner:
             assert (ws.path / stopping.DESTROY_PLAN).exists(), "applied a plan that was not made"
             self.events.append(f"{command} {' '.join(args)}")
             self.running["status"] = None  # the apply deleted it
+
+
+def server(tf: FakeTerraform, ws: Workspace) -> Server:
+    return Server(user="alice", name="", instance="jupyter-alice", ws=ws, endpoint=None, backend="lxd",
+                  terraform=tf, owner="hub", log=SimpleNamespace(warning=lambda *a: None), stop_grace=0.0,
+                  module_source="/nonexistent/module")  # not a local directory: used as it is
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_the_plan_runs_during_the_shutdown_and_is_applied_after(monkeypatch, wor
 
     async def go():
         stages = Stages()
-        await stopping.destroy(FakeSpawner(events, running), workspace, stages)
+        await stopping.destroy(server(FakeTerraform(events, running), workspace), stages)
         return stages.record()["stages"]
 
     stages = asyncio.run(go())
@@ -97,7 +99,7 @@ def test_a_plan_slower_than_the_shutdown_is_waited_for(monkeypatch, workspace):
     running = fake_daemon(monkeypatch, events, shutdown_seconds=0.01)
 
     async def go():
-        await stopping.destroy(FakeSpawner(events, running, plan_seconds=0.2), workspace)
+        await stopping.destroy(server(FakeTerraform(events, running, plan_seconds=0.2), workspace))
 
     asyncio.run(go())
     assert events.index("plan done") < events.index(f"apply {stopping.DESTROY_PLAN}")
@@ -106,13 +108,13 @@ def test_a_plan_slower_than_the_shutdown_is_waited_for(monkeypatch, workspace):
 def test_a_failed_shutdown_cancels_the_planning_and_leaves_no_plan(monkeypatch, workspace):
     events = []
     running = fake_daemon(monkeypatch, events, shutdown_seconds=0.05, fail=True)
-    sp = FakeSpawner(events, running, plan_seconds=5)
+    tf = FakeTerraform(events, running, plan_seconds=5)
 
     async def go():
-        await stopping.destroy(sp, workspace)
+        await stopping.destroy(server(tf, workspace))
 
     with pytest.raises(RuntimeError, match="refused the stop"):
         asyncio.run(go())
-    assert sp.planned_and_cancelled
+    assert tf.planned_and_cancelled
     assert not any(e.startswith("apply") for e in events)
     assert not (workspace.path / stopping.DESTROY_PLAN).exists()

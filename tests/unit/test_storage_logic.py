@@ -7,12 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from tf_lxd_spawner import naming, storage
-from tf_lxd_spawner import state as server_state
 from tf_lxd_spawner.errors import SpawnError
-from tf_lxd_spawner.naming import posix_username
-from tf_lxd_spawner.state import ServerState
-from tf_lxd_spawner.workspace import Workspace, workspace_path
+from tf_lxd_spawner.homes import storage
+from tf_lxd_spawner.lifecycle.record import ServerState, write_record
+from tf_lxd_spawner.systems import naming
+from tf_lxd_spawner.systems.naming import posix_username
+from tf_lxd_spawner.systems.workspace import Workspace, workspace_path
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -70,7 +70,7 @@ def test_the_storage_root_holds_names_only():
 
 
 def test_an_existing_instance_or_volume_is_ours_only_when_its_labels_say_so():
-    from tf_lxd_spawner.lxd import not_ours
+    from tf_lxd_spawner.systems.lxd import not_ours
 
     ws = "/srv/hub/state/ann/_volumes/home-ann"
     mine = {"user.tf-lxd-spawner.hub_id": "hub1", "user.tf-lxd-spawner.workspace": ws}
@@ -240,7 +240,7 @@ def test_a_volume_an_earlier_release_named_for_another_server_is_not_taken(tmp_p
 
 def _server(sp, server, record):
     ws = workspace_path(os.path.abspath(sp.state_dir), sp.user.name, server)
-    server_state.write(ws, record)
+    write_record(ws, record)
     return ws
 
 
@@ -264,7 +264,7 @@ def test_holders_are_the_users_other_servers_whose_record_mounts_the_volume(tmp_
     _server(sp, "elsewhere", _running("jupyter-alice-elsewhere", mine + "-2"))  # another volume
     _server(sp, "novolume", _running("jupyter-alice-novolume", ""))  # per-server: not this one's
     _server(sp, "old.deleted-20261201T000000Z", _running("jupyter-alice-old", mine))  # archived
-    server_state.write(storage.volumes_dir(sp), _running("in-volumes", mine))  # _volumes is no server
+    write_record(storage.volumes_dir(sp), _running("in-volumes", mine))  # _volumes is no server
     (storage.volumes_dir(sp).parent / "stray-file").write_text("x")
     (storage.volumes_dir(sp).parent / "legacy").mkdir()  # a workspace without a record
     # by workspace name; a record without an instance name is named by its workspace

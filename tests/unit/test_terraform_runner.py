@@ -9,7 +9,11 @@ import time
 
 import pytest
 
-from tf_lxd_spawner.terraform import TerraformError, TerraformRunner, concurrency_gate
+from tf_lxd_spawner.systems.terraform import (
+    TerraformError,
+    TerraformRunner,
+    concurrency_gate,
+)
 
 FAKE = """#!/usr/bin/env python3
 import json, os, signal, sys, time
@@ -178,7 +182,7 @@ async def test_init_without_json_for_terraform_before_1_9(tmp_path, fake):
 def test_planned_replacements_name_the_reason():
     """A refused resume's log says why Terraform would replace the instance (a tainted resource
     is not a changed setting: the operator acts differently on each)."""
-    from tf_lxd_spawner.terraform import planned_replacements
+    from tf_lxd_spawner.systems.terraform import planned_replacements
 
     def change(addr, rtype, action, reason=None):
         c = {"resource": {"addr": addr, "resource_type": rtype}, "action": action}

@@ -7,10 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import MODULE_DIR, terraform_env
-from tf_lxd_spawner.workspace import (StateUnreadable, Workspace, WorkspaceBusy, hcl_string, render_root,
-                                     workspace_path)
+
+from tf_lxd_spawner.systems.workspace import (
+    StateUnreadable,
+    Workspace,
+    WorkspaceBusy,
+    hcl_string,
+    render_root,
+    workspace_path,
+)
 
 PROVIDER = {"refresh_interval": "250ms", "remote": None, "config_dir": None, "accept_remote_certificate": False}
 
@@ -179,7 +185,8 @@ LONG = ["é" * 255, "名" * 255, "ж" * 255, "λ" * 254 + "a", "u" * 255, "😀"
 
 
 def test_long_names_fit_a_directory_name_and_stay_unique():
-    from tf_lxd_spawner.workspace import PATH_COMPONENT_MAX, path_component
+    from tf_lxd_spawner.systems.naming import PATH_COMPONENT_MAX
+    from tf_lxd_spawner.systems.workspace import path_component
 
     parts = [path_component(n) for n in LONG]
     assert all(len(p.encode()) <= PATH_COMPONENT_MAX for p in parts), [len(p) for p in parts]
@@ -192,7 +199,7 @@ def test_long_names_fit_a_directory_name_and_stay_unique():
 
 
 def test_long_names_make_real_directories(tmp_path):
-    from tf_lxd_spawner.workspace import Workspace, workspace_path
+    from tf_lxd_spawner.systems.workspace import Workspace, workspace_path
 
     for name in LONG:
         ws = Workspace(workspace_path(tmp_path, name, name))
@@ -203,7 +210,7 @@ def test_long_names_make_real_directories(tmp_path):
 
 
 def test_unreadable_state_is_not_an_empty_one(tmp_path):
-    from tf_lxd_spawner.workspace import StateUnreadable, Workspace
+    from tf_lxd_spawner.systems.workspace import StateUnreadable, Workspace
 
     ws = Workspace(tmp_path)
     assert ws.state_resources() == []  # no state yet
@@ -213,7 +220,7 @@ def test_unreadable_state_is_not_an_empty_one(tmp_path):
 
 
 def test_scrub_removes_tokens_from_state_backup_and_logs(tmp_path):
-    from tf_lxd_spawner.workspace import Workspace
+    from tf_lxd_spawner.systems.workspace import Workspace
 
     token = "4f9c0e1d2b3a49e8a7c6b5d4e3f2a1b0"
     env_json = json.dumps({"JUPYTERHUB_API_TOKEN": token, "OTHER": "x"})
@@ -289,7 +296,7 @@ def test_only_the_newest_run_logs_are_kept_and_the_audit_stays_whole(tmp_path):
     small._scrub_secrets({"no-such-token"})
     assert small.run_logs() == made[-3:] and (ws.logs_dir / "operator-notes.txt").exists()
     assert len(ws.audit_records()) == RUN_LOGS_KEPT + 10
-    from tf_lxd_spawner.workspace import RUN_LOGS_KEPT as default
+    from tf_lxd_spawner.systems.workspace import RUN_LOGS_KEPT as default
     assert default == RUN_LOGS_KEPT
 
 
@@ -324,7 +331,7 @@ def test_hub_id_made_by_racing_first_spawns_is_one_whole_id(tmp_path):
     a state_dir): every one of them must read the same whole id, never an empty one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tf_lxd_spawner.workspace import HUB_ID_FILE, hub_id
+    from tf_lxd_spawner.systems.workspace import HUB_ID_FILE, hub_id
 
     for round in range(20):
         state_dir = tmp_path / f"s{round}"
