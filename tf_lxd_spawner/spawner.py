@@ -28,6 +28,7 @@ from . import metrics
 from .errors import SpawnError
 from .homes import retention, storage
 from .lifecycle import audit, preflight, profiles, recovery, renaming, settings_values, starting, stopping
+from .lifecycle.connect import server_bind_ip
 from .lifecycle.keeper import RecordKeeper
 from .lifecycle.module_inputs import start_hub_relay
 from .lifecycle.progress import Progress
@@ -349,8 +350,9 @@ class LxdSpawner(Spawner, LxdSpawnerSettings):
         await self.keeper.commit(ws, current.creating(instance, str(ws.path), self.chosen_image, resuming,
                                                       "" if import_home else volume))
         attempt = starting.Attempt(resuming=resuming, import_home=import_home)
+        self.ip, self.port = server_bind_ip(self), self.server_port  # where the server binds, inside
         try:
-            url = await starting.start(self, checked, ws, stages, attempt)
+            url = await starting.start(self, await self.server_in(ws, instance), checked, stages, attempt)
         except asyncio.CancelledError as e:
             # Stopped mid-spawn (the pending page's Stop button, start_timeout): JupyterHub waits
             # one second for the spawn to end, then stops it, and refuses (500) while it is

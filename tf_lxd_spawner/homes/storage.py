@@ -226,6 +226,11 @@ def render(module_source: str, inputs: list[str], provider_settings: dict) -> st
                            provider=provider_settings)
 
 
+async def _versions(spawner: LxdSpawner, ws: Workspace) -> dict:
+    """Which binary, provider and daemon ran, for a volume's audit record."""
+    return await audit.versions(spawner.terraform, ws, spawner.endpoint, spawner.backend, spawner.log)
+
+
 def _digest(main_tf: str, tfvars: dict) -> str:
     return hashlib.sha256((main_tf + json.dumps(tfvars, sort_keys=True)).encode()).hexdigest()
 
@@ -400,7 +405,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
                 await lxd.patch_volume_config(sp.endpoint, vol.pool, vol.name, inputs["target"], kept)
         except Exception as e:
             await ws.audit({**record, "outcome": "failed", "error": getattr(e, "detail", str(e)),
-                            **await audit.versions(sp.terraform, ws, sp.endpoint, sp.backend, sp.log)})
+                            **await _versions(sp, ws)})
             raise
         finally:
             await asyncio.to_thread(lambda: (ws.path / PLAN_FILE).unlink(missing_ok=True))
@@ -410,7 +415,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
         info = await lxd.volume(sp.endpoint, vol.pool, vol.name, target=inputs["target"])
         where = info.location if info else ""
         await ws.audit({**record, "action": "created" if created else "updated", "outcome": "ok",
-                        "location": where, **await audit.versions(sp.terraform, ws, sp.endpoint, sp.backend, sp.log)})
+                        "location": where, **await _versions(sp, ws)})
         if created:
             sp.progress_bar.emit(28, f"Made your home volume {vol.name} ({vol.size or 'no quota'}): it starts "
                                      "empty and keeps your files across every stop")
@@ -581,9 +586,9 @@ async def delete(spawner: LxdSpawner, vol: Volume) -> None:
         except Exception as e:
             sp.log.error("Deleting the home volume %s of %s failed (the user is gone, the volume is not): %s",
                          vol.name, sp.user.name, e)
-            await ws.audit({**record, "outcome": "failed", "error": str(e), **await audit.versions(sp.terraform, ws, sp.endpoint, sp.backend, sp.log)})
+            await ws.audit({**record, "outcome": "failed", "error": str(e), **await _versions(sp, ws)})
             raise
-        await ws.audit({**record, "outcome": "ok", **await audit.versions(sp.terraform, ws, sp.endpoint, sp.backend, sp.log)})
+        await ws.audit({**record, "outcome": "ok", **await _versions(sp, ws)})
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.deleted-{stamp}"))
     sp.log.info("Deleted home volume %s of %s", vol.name, sp.user.name)

@@ -134,7 +134,7 @@ async def extra_inputs(spawner: LxdSpawner) -> dict:
 
 
 async def module_inputs(spawner: LxdSpawner, checked: Checked, listen_address: str, listen_port: int | None) -> dict:
-    """Every input of the module for this start (`plan`: what preflight checked, where it goes)."""
+    """Every input of the module for this start (`checked`: what preflight checked, where it goes)."""
     uid, gid = checked.ids
     hub_host, hub_port, _ = hub_address(spawner)
     if checked.hub_socket:
@@ -169,7 +169,8 @@ async def module_inputs(spawner: LxdSpawner, checked: Checked, listen_address: s
         found["files_via_provider"] = False
     found.update(await extra_inputs(spawner))
     if checked.volume is not None:  # the home volume first; an operator's own volumes after it
-        home = {"name": HOME_DEVICE, "pool": checked.volume.pool, "source": checked.volume.name, "path": checked.volume.mount_path}
+        vol = checked.volume
+        home = {"name": HOME_DEVICE, "pool": vol.pool, "source": vol.name, "path": vol.mount_path}
         found["volumes"] = [home, *found.get("volumes", [])]
         shown = await snapshots_disk(spawner, checked.volume, checked.pool_driver)
         if shown:

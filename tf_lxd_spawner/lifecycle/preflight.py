@@ -72,7 +72,8 @@ async def run(spawner: LxdSpawner) -> Checked:
     extra = await extra_inputs(spawner)  # refuses overrides of the spawner's own inputs
     checked.ids = await uid_gid(spawner)  # refuses root
     try:
-        wrong_daemon = backends.mismatch(spawner.backend_info, await audit.read_daemon(spawner.endpoint, spawner.backend),
+        answered = await audit.read_daemon(spawner.endpoint, spawner.backend)
+        wrong_daemon = backends.mismatch(spawner.backend_info, answered,
                                          spawner.endpoint.where)
         if wrong_daemon:
             raise SpawnError(wrong_daemon)

@@ -21,7 +21,7 @@ from ..systems import initialising, lxd, modules, provider
 from ..systems.terraform import TerraformError, planned_replacements
 from ..systems.workspace import SECRET_INPUTS, Workspace, render_root, secret_env
 from . import audit, prepare_commands, stopping
-from .connect import connect_url, listen_on, server_bind_ip
+from .connect import connect_url, listen_on
 from .module_inputs import container_env, hub_address, module_inputs
 from .placement import (
     NoMemberAvailable,
@@ -30,13 +30,14 @@ from .placement import (
     reservations,
     restricted,
 )
+from .server import Server
 from .stages import Stages
 
 if TYPE_CHECKING:  # annotations only: the spawner imports these steps
     from ..spawner import LxdSpawner
     from .preflight import Checked
 
-#: The resume check's checked, applied as it is (it holds the server's environment: deleted after).
+#: The resume check's plan, applied as it is (it holds the server's environment: deleted after).
 RESUME_PLAN = "resume.tfplan"
 
 
@@ -55,11 +56,12 @@ class Attempt:
     record: dict = field(default_factory=dict)
 
 
-async def start(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: Stages, attempt: Attempt) -> str:
+async def start(spawner: LxdSpawner, server: Server, checked: Checked, stages: Stages, attempt: Attempt) -> str:
     """Make (or resume) the server; the caller holds the workspace's lock and has recorded that
-    a start is in progress. Returns its URL; a failure propagates with `attempt` saying what
-    was chosen, for the caller's clean-up."""
-    spawner.progress_bar.emit(5, f"Preparing workspace for {spawner.instance}")
+    a start is in progress. `spawner` is read for settings only; what this start works on is
+    `server`. Returns its URL; a failure propagates with `attempt` saying what was chosen, for
+    the caller's clean-up."""
+    spawner.progress_bar.emit(5, f"Preparing workspace for {server.instance}")
     attempt.record = audit.start_record(spawner)
     volume_member = None
     if checked.volume is not None:
@@ -68,11 +70,11 @@ async def start(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: St
     with stages.timed("placement"):
         async with reservations.decide:  # choose and reserve as one step
             if volume_member:
-                target = await volume_target(spawner, checked, volume_member)
+                target = await volume_target(spawner, server, checked, volume_member)
             elif attempt.resuming:
-                target = await resume_target(spawner, checked)
+                target = await resume_target(spawner, server, checked)
             else:
-                target = await place(spawner, checked)
+                target = await place(spawner, server, checked)
             checked.target = attempt.target = target
             reservations.reserve(checked.target)
         metrics.PLACEMENTS.labels(checked.target or "daemon").inc()
@@ -84,15 +86,15 @@ async def start(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: St
             if checked.members and where and where != checked.target:
                 # LXD chose the volume's member, or another server of this user made the volume
                 # first, elsewhere: the server goes where the volume is.
-                checked.target = attempt.target = await volume_target(spawner, checked, where)
+                checked.target = attempt.target = await volume_target(spawner, server, checked, where)
             async with storage.first_attach(spawner, checked.volume, checked.target):
-                return await _create(spawner, checked, ws, stages, attempt)
-        return await _create(spawner, checked, ws, stages, attempt)
+                return await _create(spawner, server, checked, stages, attempt)
+        return await _create(spawner, server, checked, stages, attempt)
     finally:
         reservations.release(target)
 
 
-async def volume_target(spawner: LxdSpawner, checked: Checked, member_name: str) -> str | None:
+async def volume_target(spawner: LxdSpawner, server: Server, checked: Checked, member_name: str) -> str | None:
     """A user's volume on a pool local to one member: their servers go to that member, or the
     spawn is refused naming it (an empty home elsewhere would look like lost work)."""
     if not checked.members:
@@ -108,7 +110,7 @@ async def volume_target(spawner: LxdSpawner, checked: Checked, member_name: str)
             reason="placement")
     _refuse_disallowed(spawner, checked, member, "your home volume")
     if callable(spawner.placement) or spawner.placement == "lxd":
-        spawner.log.info("%s goes to %s, where its home volume is", spawner.instance, member_name)
+        server.log.info("%s goes to %s, where its home volume is", server.instance, member_name)
     return member_name
 
 
@@ -128,27 +130,27 @@ def _refuse_disallowed(spawner: LxdSpawner, checked: Checked, member, what: str)
             "another profile, or ask the administrator to move it or to allow that member.", reason="placement")
 
 
-async def resume_target(spawner: LxdSpawner, checked: Checked) -> str | None:
+async def resume_target(spawner: LxdSpawner, server: Server, checked: Checked) -> str | None:
     """A kept instance resumes where it is: placing it anywhere else would make Terraform
     replace it (and lose its files). Refused when that member cannot take it now."""
     if not checked.members:
         return None
-    info = await lxd.instance(spawner.endpoint, spawner.instance)
+    info = await lxd.instance(server.endpoint, server.instance)
     if info is None or not info.location:
-        return await place(spawner, checked)  # gone behind our back: nothing to keep, place afresh
+        return await place(spawner, server, checked)  # gone behind our back: nothing to keep, place afresh
     member = {m.name: m for m in checked.members}.get(info.location)
     if member is None or member.status != "Online" or member.name in spawner.excluded_members:
         why = "excluded (c.LxdSpawner.excluded_members)" if member and member.name in spawner.excluded_members \
             else f"{member.status if member else 'not in the cluster'}"
         raise SpawnError(
-            f"the kept server {spawner.instance} is on cluster member {info.location}, which is {why}: it "
+            f"the kept server {server.instance} is on cluster member {info.location}, which is {why}: it "
             "can only resume there, where its files are. Try again when that member is back, or ask the "
             "administrator.", reason="placement")
-    _refuse_disallowed(spawner, checked, member, f"the kept server {spawner.instance}")
+    _refuse_disallowed(spawner, checked, member, f"the kept server {server.instance}")
     return member.name
 
 
-async def place(spawner: LxdSpawner, checked: Checked) -> str | None:
+async def place(spawner: LxdSpawner, server: Server, checked: Checked) -> str | None:
     """The member to create the server on; None lets LXD choose (or standalone LXD)."""
     members = checked.members  # listed by preflight for this spawn
     if not members or (spawner.placement == "lxd" and not restricted(spawner)):
@@ -157,7 +159,7 @@ async def place(spawner: LxdSpawner, checked: Checked) -> str | None:
         members = eligible(members, spawner.allowed_members, spawner.cluster_group)
         if callable(spawner.placement):
             return await maybe_future(spawner.placement(spawner, members))
-        load = await lxd.instance_counts(spawner.endpoint, spawner.count_managed_only)
+        load = await lxd.instance_counts(server.endpoint, spawner.count_managed_only)
         load.update(reservations.snapshot())
         return least_loaded(members, load, spawner.host_weights, spawner.excluded_members)
     except NoMemberAvailable as e:  # a capacity problem, said as it is (not an internal error)
@@ -165,10 +167,9 @@ async def place(spawner: LxdSpawner, checked: Checked) -> str | None:
                          "administrator.", reason="placement", status_code=503) from None
 
 
-async def _create(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: Stages, attempt: Attempt) -> str:
-    sp = spawner
+async def _create(spawner: LxdSpawner, server: Server, checked: Checked, stages: Stages, attempt: Attempt) -> str:
+    sp, ws = spawner, server.ws
     resuming = attempt.resuming
-    sp.ip, sp.port = server_bind_ip(sp), sp.server_port  # where the server binds, inside
     _, _, api_inside = hub_address(sp, by_socket=checked.hub_socket)
     bar = sp.progress_bar
     ticker = None
@@ -188,20 +189,20 @@ async def _create(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: 
         if needs_init:
             bar.emit(10, "Initialising Terraform")
             with stages.timed("init"):
-                await initialising.initialise(sp.terraform, ws, main_tf)
+                await initialising.initialise(server.terraform, ws, main_tf)
         # A resume's check saves the plan it approved, and the apply applies exactly that one.
         # It holds the server's environment (the API token): it never outlives this start.
         saved_plan = ws.path / RESUME_PLAN if resuming else None
         try:
             with stages.timed("check"):
                 if not resuming:
-                    await _remove_stray_instance(sp, ws)
+                    await _remove_stray_instance(server)
                 else:
-                    await _refuse_replacing_kept_instance(sp, ws, secrets, saved_plan)
-            bar.emit(30, f"Applying the notebook module for {sp.instance}")
-            ticker = asyncio.ensure_future(bar.tick_while_creating(sp.instance))
+                    await _refuse_replacing_kept_instance(sp, server, secrets, saved_plan)
+            bar.emit(30, f"Applying the notebook module for {server.instance}")
+            ticker = asyncio.ensure_future(bar.tick_while_creating(server.instance))
             with stages.timed("apply"):
-                await _apply(sp, checked, ws, secrets, saved_plan)
+                await _apply(sp, server, checked, secrets, saved_plan)
                 ticker.cancel()
                 outputs = await asyncio.to_thread(ws.state_outputs)
         finally:
@@ -209,17 +210,17 @@ async def _create(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: 
                 await asyncio.to_thread(saved_plan.unlink, missing_ok=True)
         by_provider = inputs.get("files_via_provider", True)
         if not by_provider:  # the module made the instance stopped: write its files, then start it
-            bar.emit(75, f"Writing files into {sp.instance}")
+            bar.emit(75, f"Writing files into {server.instance}")
             env_file = {**outputs["environment_file"], "content": json.dumps(environment)}
             with stages.timed("files"):
-                await lxd.push_files(sp.endpoint, sp.instance, [*(outputs.get("files") or []), env_file])
+                await lxd.push_files(server.endpoint, server.instance, [*(outputs.get("files") or []), env_file])
         if resuming or not by_provider:  # a kept instance: apply refreshed its files
-            bar.emit(80, f"Starting {'kept ' if resuming else ''}instance {sp.instance}")
+            bar.emit(80, f"Starting {'kept ' if resuming else ''}instance {server.instance}")
             with stages.timed("start"):
-                await lxd.start(sp.endpoint, sp.instance)
+                await lxd.start(server.endpoint, server.instance)
         if resuming and attempt.import_home and checked.volume is not None:
             with stages.timed("home-import"):
-                await storage.import_home(sp, checked.volume, sp.instance, ws)
+                await storage.import_home(sp, checked.volume, server.instance, ws)
         attempt.member = outputs.get("location") or checked.target or ""
         with stages.timed("address"):  # instance-ip: may wait for the instance's IPv4
             url = attempt.url = await connect_url(sp, checked, outputs)
@@ -229,12 +230,12 @@ async def _create(spawner: LxdSpawner, checked: Checked, ws: Workspace, stages: 
         if sp.wait_for_server:
             bar.emit(88, f"Waiting for the server at {url}")
             with stages.timed("server"):
-                await _wait_for_server(sp, url)
+                await _wait_for_server(sp, server, url)
     finally:
         if ticker:
             ticker.cancel()
     await ws.audit({**attempt.record, "member": attempt.member, "outcome": "ok", "url": url,
-                    "resumed": resuming, **stages.record(), **await audit.versions(sp.terraform, ws, sp.endpoint, sp.backend, sp.log)})
+                    "resumed": resuming, **stages.record(), **await server.versions()})
     bar.emit(90, f"Server at {url} {'answers' if sp.wait_for_server else 'is starting'}")
     return url
 
@@ -246,24 +247,25 @@ def _remove_stale_plans(ws: Workspace) -> None:
         (ws.path / name).unlink(missing_ok=True)
 
 
-async def _apply(spawner: LxdSpawner, checked: Checked, ws: Workspace, secrets: dict, saved_plan: Path | None = None) -> None:
+async def _apply(spawner: LxdSpawner, server: Server, checked: Checked, secrets: dict,
+                 saved_plan: Path | None = None) -> None:
     """Apply the module; a resume applies the plan its check saved (no second refresh and
-    checked: one terraform run fewer). A retry after a transient error plans afresh (a saved checked
+    plan: one terraform run fewer). A retry after a transient error plans afresh (a saved plan
     is stale once part of it was applied)."""
-    on_event = spawner.progress_bar.terraform_listener(spawner.instance, checked.target)
+    on_event = spawner.progress_bar.terraform_listener(server.instance, checked.target)
     for attempt in range(1, spawner.apply_attempts + 1):
         try:
             args = [saved_plan.name] if saved_plan and attempt == 1 else []
-            await spawner.run_terraform(ws, "apply", *args, env=secrets, on_event=on_event)
+            await server.terraform.run(server.ws, "apply", *args, env=secrets, on_event=on_event)
             return
         except TerraformError as e:
             if attempt == spawner.apply_attempts or not e.transient:
                 raise
-            spawner.log.warning("Retrying apply of %s after a transient error: %s", spawner.instance, e)
+            server.log.warning("Retrying apply of %s after a transient error: %s", server.instance, e)
             spawner.progress_bar.emit(40, f"Retrying after a transient LXD error: {e}")
 
 
-async def _wait_for_server(spawner: LxdSpawner, url: str) -> None:
+async def _wait_for_server(spawner: LxdSpawner, server: Server, url: str) -> None:
     """Return as soon as the server answers HTTP (any answer, as the hub's own check takes it).
     The hub's check backs off to seconds between tries; this one starts at 50 ms and stays
     under 250 ms, which costs the hub's event loop a few tries a second per spawn (not twenty:
@@ -284,60 +286,60 @@ async def _wait_for_server(spawner: LxdSpawner, url: str) -> None:
             except OSError:  # refused: the proxy device is not listening yet
                 pass
             if time.monotonic() > deadline:
-                message = (f"the server of {spawner.instance} did not answer at {url} within "
+                message = (f"the server of {server.instance} did not answer at {url} within "
                            f"{spawner.http_timeout:g} s (c.Spawner.http_timeout); its log is in the "
                            "container's journal (journalctl -u jupyterhub-singleuser)")
-                raise SpawnError(message, log_message=message + await _journal_tail(spawner))
+                raise SpawnError(message, log_message=message + await _journal_tail(server))
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
     finally:
         client.close()
 
 
-async def _journal_tail(spawner: LxdSpawner, lines: int = 30) -> str:
+async def _journal_tail(server: Server, lines: int = 30) -> str:
     """The server's last journal lines, for the hub's log and the audit of a server that never
     answered: the container is destroyed by the clean-up that follows, and its journal with it."""
     try:
         code, out, err = await asyncio.wait_for(lxd.execute(
-            spawner.endpoint, spawner.instance,
+            server.endpoint, server.instance,
             ["journalctl", "-u", "jupyterhub-singleuser", "-n", str(lines), "--no-pager", "-o", "cat"]), 15)
     except Exception as e:  # the journal is a diagnosis; its absence must not hide the error
         return f"\n(the server's journal could not be read: {type(e).__name__}: {e})"
     return f"\nits last journal lines:\n{(out or err).rstrip()}" if (out or err).strip() else ""
 
 
-async def _refuse_replacing_kept_instance(spawner: LxdSpawner, ws: Workspace, secrets: dict, saved: Path) -> None:
+async def _refuse_replacing_kept_instance(spawner: LxdSpawner, server: Server, secrets: dict, saved: Path) -> None:
     """A kept instance holds the user's files: resuming must update it, never replace it
     (provider v1.5.0 replaces on any change of `config`, image, name...). The plan it checked
     is saved at `saved` for the apply (the caller deletes it)."""
-    spawner.progress_bar.emit(32, f"Checking that {spawner.instance} can be resumed in place")
-    plan = await spawner.runner.run("plan", f"-out={saved.name}", cwd=ws.path, env=secrets,
-                                    log_path=ws.run_log("plan"))
-    await ws.seal()
+    spawner.progress_bar.emit(32, f"Checking that {server.instance} can be resumed in place")
+    plan = await server.terraform.runner.run("plan", f"-out={saved.name}", cwd=server.ws.path, env=secrets,
+                                             log_path=server.ws.run_log("plan"))
+    await server.ws.seal()
     replaced = planned_replacements(plan.events, "lxd_container")
     if replaced:
         raise SpawnError(
-            f"resuming would replace the kept instance {spawner.instance} (and lose its files): the "
+            f"resuming would replace the kept instance {server.instance} (and lose its files): the "
             "configuration changed in a way LXD cannot apply in place. Your server and its files are "
             "kept as they were; ask the administrator to restore the previous settings, or delete the "
             "server to start afresh.", reason="resume",
-            log_message=f"resuming {spawner.instance} refused: the plan replaces {', '.join(replaced)}")
+            log_message=f"resuming {server.instance} refused: the plan replaces {', '.join(replaced)}")
 
 
-async def _remove_stray_instance(spawner: LxdSpawner, ws: Workspace) -> None:
+async def _remove_stray_instance(server: Server) -> None:
     """Called when the state holds nothing: an instance with our name (a hub killed mid-apply)
     is ours to remove if it carries our label and this workspace's path. Any other one (another
     hub's on the same daemon, one made by hand) is left alone, and the start refused, saying
     whose it is, instead of failing in Terraform's create."""
-    info = await lxd.instance(spawner.endpoint, spawner.instance)
+    info = await lxd.instance(server.endpoint, server.instance)
     if info is None:
         return
-    problem = lxd.not_ours(info.config, ws.path, await spawner.owner_id(), "instance_name_template")
+    problem = lxd.not_ours(info.config, server.ws.path, server.owner, "instance_name_template")
     if problem:
         raise SpawnError(
-            f"your server cannot be made: an instance named {spawner.instance} already exists, and it is not "
+            f"your server cannot be made: an instance named {server.instance} already exists, and it is not "
             "yours. Nothing was changed; ask the administrator.", reason="name",
-            log_message=f"instance {spawner.instance} already exists and {problem}")
-    spawner.log.warning("Removing stray instance %s left by an interrupted run", spawner.instance)
-    await lxd.delete_instance(spawner.endpoint, spawner.instance)
+            log_message=f"instance {server.instance} already exists and {problem}")
+    server.log.warning("Removing stray instance %s left by an interrupted run", server.instance)
+    await lxd.delete_instance(server.endpoint, server.instance)
     metrics.ORPHANS_CLEANED.inc()
