@@ -17,7 +17,8 @@ class RecordKeeper:
         self.record = record or ServerState()
 
     def load(self, record: ServerState) -> None:
-        """The record the hub saved (load_state): in memory only; the workspace holds its own."""
+        """Take a record as it was found, in memory only (no transition, nothing written): the
+        one the hub saved (load_state), or the workspace's before an operation acts on it."""
         self.record = record
 
     async def commit(self, ws: Workspace | None, record: ServerState) -> ServerState:
