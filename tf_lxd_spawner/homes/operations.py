@@ -10,8 +10,6 @@ None of them replaces a volume or runs while one of the user's servers has it in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import dataclasses
 import json
@@ -19,6 +17,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SpawnError
 from ..systems import lxd

@@ -10,14 +10,13 @@ the new name, so `orphans` counts it as held and `home list` shows it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import datetime as dt
 import json
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SpawnError
 from ..systems import lxd, naming
@@ -90,7 +89,7 @@ async def retain(spawner: LxdSpawner, vol: Volume) -> None:
                                                      "(tf-lxd-spawner home undelete brings it back)"})
             await asyncio.to_thread(os.rename, ws.path, archive)
             sp.log.info("Kept the home volume of deleted user %s as %s until %s (storage_retention_days)",
-                           sp.user.name, new, until.isoformat())
+                        sp.user.name, new, until.isoformat())
             return
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.deleted-{stamp}"))

@@ -11,8 +11,6 @@ Terraform runs. A grown size is an in-place update.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import contextlib
 import dataclasses
@@ -22,6 +20,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import metrics
 from ..errors import SpawnError

@@ -3,11 +3,10 @@ audit.jsonl, and which binary, provider and daemon it ran with."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import logging
 import shutil
+from typing import TYPE_CHECKING
 
 from ..systems import lxd
 from ..systems.terraform import Terraform
@@ -30,7 +29,7 @@ async def read_daemon(endpoint: lxd.Endpoint, backend: str) -> dict:
     env = info.get("environment") or {}
     # A daemon says what it is only to a trusted client: otherwise record what is configured.
     _daemons[endpoint] = {"backend": env.get("server") or backend, "version": env.get("server_version", ""),
-                              "endpoint": endpoint.where}
+                          "endpoint": endpoint.where}
     return info
 
 

@@ -14,10 +14,9 @@ on the container's loopback.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import SpawnError

@@ -3,10 +3,9 @@ checked: written to the workspace's terraform.tfvars.json (secrets go by environ
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse, urlunparse
 
 from jupyterhub.utils import maybe_future
@@ -15,7 +14,7 @@ from ..errors import SpawnError
 from ..homes import snapshots
 from ..systems import hub_relay
 from ..systems.ports import resolve
-from . import settings_values as config_inputs
+from . import settings_values
 
 if TYPE_CHECKING:  # annotations only: the spawner imports these steps
     from ..spawner import LxdSpawner
@@ -94,15 +93,15 @@ def container_env(spawner: LxdSpawner, api_url_inside: str, home_full: bool = Fa
     return {str(k): str(v) for k, v in env.items()}
 
 
-def path_names(spawner: LxdSpawner) -> config_inputs.Names:
+def path_names(spawner: LxdSpawner) -> settings_values.Names:
     """The names {username}/{servername} stand for in this server's paths (escaped on the
     host: see inputs.host_path)."""
-    return config_inputs.Names(spawner.user.name, spawner.name or "")
+    return settings_values.Names(spawner.user.name, spawner.name or "")
 
 
 def _disks(spawner: LxdSpawner, uid: int, gid: int) -> list[dict]:
     shift = spawner.mount_idmap == "shift" and not spawner.privileged_container
-    disks = config_inputs.mounts(spawner.filesystems_to_mount, path_names(spawner), shift)
+    disks = settings_values.mounts(spawner.filesystems_to_mount, path_names(spawner), shift)
     for d in disks:  # existence was checked by preflight; no name can lead out of the directory
         if spawner.create_mount_dirs and not os.path.exists(d["source"]):
             os.makedirs(d["source"], mode=0o750)
@@ -114,7 +113,7 @@ def _instance_config(spawner: LxdSpawner, uid: int, gid: int) -> dict[str, str]:
     config = {}
     if spawner.filesystems_to_mount and spawner.mount_idmap == "raw.idmap" and not spawner.privileged_container:
         if not spawner.remote_endpoint:  # the daemon is on this host: check it is allowed, with a way out
-            config_inputs.check_subid_allowed(uid, gid)
+            settings_values.check_subid_allowed(uid, gid)
         config["raw.idmap"] = f"uid {uid} {uid}\ngid {gid} {gid}"
     return config
 
@@ -156,8 +155,8 @@ async def module_inputs(spawner: LxdSpawner, checked: Checked, listen_address: s
         "hub_port": hub_port,
         "files": checked.files,
         "disks": await asyncio.to_thread(_disks, spawner, uid, gid),
-        "limits": config_inputs.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
-                                       spawner.container_cpu_share),
+        "limits": settings_values.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
+                                         spawner.container_cpu_share),
         "privileged": bool(spawner.privileged_container),
         "config": await asyncio.to_thread(_instance_config, spawner, uid, gid),
         "labels": {"user": spawner.user.name, "server": spawner.name or "",

@@ -3,12 +3,11 @@ anything, so a refused spawn leaves no workspace, no instance and no port behind
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import os
 import shutil
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from jupyterhub.utils import maybe_future
@@ -17,8 +16,7 @@ from ..errors import SpawnError
 from ..homes import storage
 from ..systems import backends, hub_relay, lxd
 from ..systems.ports import is_loopback, is_this_host, resolve
-from . import audit, connect
-from . import settings_values as config_inputs
+from . import audit, connect, settings_values
 from .module_inputs import extra_inputs, hub_address, path_names
 from .settings_values import ConfigError
 
@@ -48,14 +46,14 @@ async def run(spawner: LxdSpawner) -> Checked:
     checked = Checked()
     try:
         names = path_names(spawner)  # {username} in host paths: the escaped name
-        checked.files = await asyncio.to_thread(config_inputs.pushed_files, spawner.files_to_push, names)
-        disks = config_inputs.mounts(spawner.filesystems_to_mount, names, False)
-        config_inputs.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
-                             spawner.container_cpu_share)
-        checked.prepare_cmds = config_inputs.command_lists(spawner.commands_to_prepare, spawner.expand,
-                                                        "commands_to_prepare")
-        checked.post_cmds = config_inputs.command_lists(spawner.post_hub_commands, spawner.expand,
-                                                     "post_hub_commands")
+        checked.files = await asyncio.to_thread(settings_values.pushed_files, spawner.files_to_push, names)
+        disks = settings_values.mounts(spawner.filesystems_to_mount, names, False)
+        settings_values.limits(spawner.mem_limit, spawner.cpu_limit, spawner.process_limit,
+                               spawner.container_cpu_share)
+        checked.prepare_cmds = settings_values.command_lists(spawner.commands_to_prepare, spawner.expand,
+                                                             "commands_to_prepare")
+        checked.post_cmds = settings_values.command_lists(spawner.post_hub_commands, spawner.expand,
+                                                          "post_hub_commands")
     except ConfigError as e:
         raise SpawnError(str(e)) from None
     if not spawner.remote_endpoint and not spawner.create_mount_dirs:

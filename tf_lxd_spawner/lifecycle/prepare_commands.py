@@ -3,9 +3,8 @@ post_hub_commands on the hub host."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
+from typing import TYPE_CHECKING
 
 from ..errors import SpawnError
 from ..systems import lxd

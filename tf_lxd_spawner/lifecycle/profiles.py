@@ -9,12 +9,11 @@ The choice reaches the spawner as user_options, from the form or the REST API al
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jinja2
 from jupyterhub.utils import maybe_future

@@ -38,7 +38,7 @@ async def rename(keeper: RecordKeeper, state_dir: str, user: str, old: str, new:
         record = await asyncio.to_thread(read_record, old_ws.path)
         if record is None:
             record = legacy_record(await asyncio.to_thread(old_ws.state_resources),
-                                         instance, str(old_ws.path), keep=keep_before_records)
+                                   instance, str(old_ws.path), keep=keep_before_records)
         if record.exists:
             what = ("its kept container " if record.phase is Phase.KEPT else "its container ") + record.instance
             raise SpawnError(

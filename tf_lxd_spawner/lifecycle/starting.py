@@ -3,13 +3,12 @@ apply, write files, start, run commands, wait for the server; a failure is clean
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import asyncio
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jupyterhub.utils import maybe_future
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
