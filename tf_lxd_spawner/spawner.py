@@ -166,10 +166,6 @@ class LxdSpawner(Spawner, LxdSpawnerSettings):
     def terraform(self) -> Terraform:  # only inside the event loop, as the runner
         return Terraform(self.runner, os.path.abspath(self.state_dir), self.share_terraform_init)
 
-    async def run_terraform(self, ws: Workspace, command: str, *args: str, label: str = "", **kwargs) -> None:
-        """Run one terraform command in the workspace (see systems.terraform.Terraform.run)."""
-        await self.terraform.run(ws, command, *args, label=label, **kwargs)
-
     async def server_in(self, ws: Workspace, instance: str = "") -> Server:
         """The value a stop, clean-up or deletion of this server works on."""
         return Server(user=self.user.name, name=self.name or "", instance=instance or self.instance_name(),

@@ -369,11 +369,10 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
             if created and not await asyncio.to_thread(ws.state_resources):
                 # Nothing in the state: the apply can only create, so no plan is checked first
                 # (one terraform run instead of two for a new user's volume).
-                await sp.run_terraform(ws, "apply")
+                await sp.terraform.run(ws, "apply")
                 plan = None
             else:
-                plan = await sp.runner.run("plan", f"-out={PLAN_FILE}", cwd=ws.path, log_path=ws.run_log("plan"))
-                await ws.seal()
+                plan = await sp.terraform.run(ws, "plan", f"-out={PLAN_FILE}")
             if plan and existing.get("name") and planned_creations(plan.events, "lxd_volume"):
                 raise SpawnError(
                     f"your home volume {vol.name} is missing: it is not where it was made, and a new, empty one "
@@ -399,7 +398,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
                 record["snapshot"] = await snapshots.take(sp.endpoint, vol.pool, vol.name, inputs["target"],
                                                           "before-resize")
             if plan:
-                await sp.run_terraform(ws, "apply", PLAN_FILE)
+                await sp.terraform.run(ws, "apply", PLAN_FILE)
             if kept:
                 await lxd.patch_volume_config(sp.endpoint, vol.pool, vol.name, inputs["target"], kept)
         except Exception as e:
@@ -581,7 +580,7 @@ async def delete(spawner: LxdSpawner, vol: Volume) -> None:
                                            {"user": sp.user.name, "server": sp.name or ""})
                 snapshots = await lxd.delete_volume_snapshots(sp.endpoint, vol.pool, vol.name, target)
                 record["snapshots_deleted"] = snapshots
-                await sp.run_terraform(ws, "destroy", "-refresh=false")
+                await sp.terraform.run(ws, "destroy", "-refresh=false")
         except Exception as e:
             sp.log.error("Deleting the home volume %s of %s failed (the user is gone, the volume is not): %s",
                          vol.name, sp.user.name, e)

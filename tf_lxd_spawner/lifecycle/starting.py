@@ -312,9 +312,7 @@ async def _refuse_replacing_kept_instance(spawner: LxdSpawner, server: Server, s
     (provider v1.5.0 replaces on any change of `config`, image, name...). The plan it checked
     is saved at `saved` for the apply (the caller deletes it)."""
     spawner.progress_bar.emit(32, f"Checking that {server.instance} can be resumed in place")
-    plan = await server.terraform.runner.run("plan", f"-out={saved.name}", cwd=server.ws.path, env=secrets,
-                                             log_path=server.ws.run_log("plan"))
-    await server.ws.seal()
+    plan = await server.terraform.run(server.ws, "plan", f"-out={saved.name}", env=secrets)
     replaced = planned_replacements(plan.events, "lxd_container")
     if replaced:
         raise SpawnError(
