@@ -1,0 +1,47 @@
+"""Issue 29 (work in progress): which shared volumes a user's groups give, and how; bad
+shared_volumes entries refused with a message naming the entry."""
+
+import pytest
+
+from tf_lxd_spawner.homes.shared import SharedConfigError, access, access_changes, parse
+
+COURSE = [{"name": "data8", "size": "5GiB", "path": "/srv/data8", "write_groups": ["data8-staff"],
+           "read_groups": ["data8-students"]},
+          {"name": "team-a", "size": "1GiB", "path": "team-a", "write_groups": ["team-a"]}]
+
+
+def test_writers_win_readers_read_others_see_nothing():
+    vols = parse(COURSE)
+    assert access(vols, ["data8-staff"]) == {"data8": False}
+    assert access(vols, ["data8-students"]) == {"data8": True}
+    assert access(vols, ["data8-students", "data8-staff", "team-a"]) == {"data8": False, "team-a": False}
+    assert access(vols, ["other"]) == {}
+
+
+def test_changes_of_membership_are_named():
+    assert access_changes({"data8": True}, {"data8": False, "team-a": False}) == {
+        "data8": "now rw", "team-a": "granted rw"}
+    assert access_changes({"data8": False}, {}) == {"data8": "revoked"}
+    assert access_changes({"data8": True}, {"data8": True}) == {}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "Data8", "size": "1GiB", "path": "/x", "read_groups": ["g"]}, "lower-case"),
+    ({"name": "d", "path": "/x", "read_groups": ["g"]}, "size must be given"),
+    ({"name": "d", "size": "1GiB", "path": "/", "read_groups": ["g"]}, "must name a directory"),
+    ({"name": "d", "size": "1GiB", "path": "a/../b", "read_groups": ["g"]}, "without '..'"),
+    ({"name": "d", "size": "1GiB", "path": "/x"}, "nobody would get it"),
+    ({"name": "d", "size": "1GiB", "path": "/x", "read_groups": "g"}, "list of JupyterHub group names"),
+    ({"name": "d", "size": "1GiB", "path": "/x", "read_groups": ["g"], "gid": 0}, "gid must be"),
+    ({"name": "d", "size": "1GiB", "path": "/x", "read_groups": ["g"], "mode": "ro"}, "unknown keys"),
+])
+def test_bad_entries_are_refused_naming_them(entry, message):
+    with pytest.raises(SharedConfigError, match=message):
+        parse([entry])
+
+
+def test_names_and_paths_are_unique():
+    with pytest.raises(SharedConfigError, match="name 'data8' is given twice"):
+        parse([COURSE[0], {**COURSE[0], "path": "/elsewhere"}])
+    with pytest.raises(SharedConfigError, match="path '/srv/data8' is given twice"):
+        parse([COURSE[0], {**COURSE[0], "name": "other"}])
