@@ -81,8 +81,12 @@ locals {
 
   volume_devices = {
     for v in var.volumes : v.name => {
-      type       = "disk"
-      properties = { pool = v.pool, source = v.source, path = v.path }
+      type = "disk"
+      # readonly only when set: a home's device keeps exactly the properties it always had.
+      properties = merge(
+        { pool = v.pool, source = v.source, path = v.path },
+        v.readonly ? { readonly = "true" } : {},
+      )
     }
   }
 

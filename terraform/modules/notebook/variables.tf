@@ -223,12 +223,13 @@ variable "disks" {
 }
 
 variable "volumes" {
-  description = "LXD custom storage volumes mounted into the instance (a user's home from the storage module, say): name (device name), pool and source (the volume's pool and name), path (the mount point inside the instance, absolute). The volume outlives the instance: destroying the instance only removes the device."
+  description = "LXD custom storage volumes mounted into the instance (a user's home from the storage module, a group's shared folder): name (device name), pool and source (the volume's pool and name), path (the mount point inside the instance, absolute), readonly (default false: the daemon mounts it read-only, so nothing in the instance can write it). The volume outlives the instance: destroying the instance only removes the device."
   type = list(object({
-    name   = string
-    pool   = string
-    source = string
-    path   = string
+    name     = string
+    pool     = string
+    source   = string
+    path     = string
+    readonly = optional(bool, false)
   }))
   default = []
 
