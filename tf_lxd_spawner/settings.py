@@ -389,6 +389,23 @@ class LxdSpawnerSettings(LoggingConfigurable):
         use.""",
     ).tag(config=True)
 
+    # ---- groups' shared folders -----------------------------------------------------------------
+    shared_volumes = List(
+        Dict(),
+        [],
+        help="""Folders shared by JupyterHub groups: a course's data that its staff write and its
+        students only read, a team's project folder. Each entry is a dict: `name` (lower-case
+        letters, digits, '-'), `size` ("20GiB"), `path` (absolute, or relative to the home),
+        `write_groups` and `read_groups` (JupyterHub group names; a user in both writes, a user
+        in neither gets no device for it), and optionally `pool` (default storage_pool), `gid`
+        (the group id that owns the folder, default 1000) and `config` (LXD volume keys). Each
+        folder is an LXD volume `shared-<name>`, made by the storage module on the first start
+        of a user who gets it, in `<state_dir>/_shared/<name>/`; the daemon mounts it read-only
+        for readers. No stop and no user deletion touches it: `tf-lxd-spawner shared delete`
+        does. A change of a user's groups takes effect at their next start (audited). Usable
+        in a profile's overrides and JupyterHub's group_overrides. See docs/shared-folders.md.""",
+    ).tag(config=True)
+
     # ---- Terraform ------------------------------------------------------------------------------
     terraform_path = Unicode(
         "",

@@ -63,6 +63,25 @@ class Volume:
     shared: bool  # all of the user's servers mount it (the name template has no {servername})
 
 
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """What a volume is for, as `ensure` needs it: whose it is (labels, owner file, audit),
+    its LXD config, and how messages name it and the setting behind its size."""
+    kind: str  # "home" or "shared"
+    user: str
+    server: str
+    title: str  # "your home volume", "the shared folder course-data"
+    config: dict
+    size_setting: str = "storage_capacity"
+    name_setting: str = "storage_name_template"
+    shared: str = ""  # a shared folder's name
+
+
+def home_role(spawner: LxdSpawner, vol: Volume) -> Role:
+    return Role("home", spawner.user.name, "" if vol.shared else (spawner.name or ""), "your home volume",
+                volume_config(spawner))
+
+
 def size_bytes(size: str) -> int | None:
     """'10GiB' -> 10737418240 (LXD's units: kB/MB/GB decimal, KiB/MiB/GiB binary); None when empty."""
     if not size:
@@ -169,11 +188,13 @@ def owner_of(path: str | Path) -> str | None:
     return str((inputs.get("labels") or {}).get("server") or "")
 
 
-def set_owner(path: str | Path, user: str, server: str, shared: bool) -> None:
+def set_owner(path: str | Path, user: str, server: str, shared: bool, folder: str = "") -> None:
     """Say whose a volume workspace is (blocking); its volume's LXD labels follow at the next
-    apply."""
-    write_private(Path(path) / OWNER_FILE, json.dumps({"user": user, "server": server, "shared": shared,
-                                                       "format": FORMAT}, sort_keys=True) + "\n")
+    apply. `folder`: a group's shared folder (no user's)."""
+    owner = {"user": user, "server": server, "shared": shared, "format": FORMAT}
+    if folder:
+        owner["folder"] = folder
+    write_private(Path(path) / OWNER_FILE, json.dumps(owner, sort_keys=True) + "\n")
 
 
 def _unclaimed(spawner: LxdSpawner, vol: Volume) -> Volume:
@@ -320,33 +341,33 @@ def repoint_state(state: dict, attributes: dict) -> None:
         outputs["location"]["value"] = attributes["target"] or "none"
 
 
-async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
+async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None, role: Role | None = None) -> str:
     """Make the volume on `target` (a member, or None), or update it in place; returns the
-    member it is on. Runs under the volume workspace's own lock (a user's servers share it)."""
+    member it is on. Runs under the volume workspace's own lock (a user's servers share it; a
+    shared folder's every user does). `role`: a home's by default."""
     ws = Workspace(vol.workspace)
     sp = spawner
+    role = role or home_role(sp, vol)
     checked = not await asyncio.to_thread(ws.path.exists)
     if checked:
         # A volume of this name that is not this workspace's is refused before anything is
         # written: a refused spawn leaves no workspace behind.
-        await refuse_existing_volume(sp, vol, target)
+        await refuse_existing_volume(sp, vol, target, role)
     async with ws.lock():
         if await asyncio.to_thread(owner_of, vol.workspace) is None:
             await asyncio.to_thread(vol.workspace.mkdir, mode=0o700, parents=True, exist_ok=True)
-            await asyncio.to_thread(set_owner, vol.workspace, sp.user.name, "" if vol.shared else (sp.name or ""),
-                                    vol.shared)
-        inputs = {
-            "name": vol.name, "pool": vol.pool, "size": vol.size or None,
-            "config": volume_config(sp),
-            "target": target or None,
-            "labels": {"managed": "true", "user": sp.user.name, "server": "" if vol.shared else (sp.name or ""),
-                       "workspace": str(vol.workspace), "hub_id": await sp.owner_id(), "kind": "home"},
-        }
+            await asyncio.to_thread(set_owner, vol.workspace, role.user, role.server, vol.shared, role.shared)
+        labels = {"managed": "true", "user": role.user, "server": role.server, "workspace": str(vol.workspace),
+                  "hub_id": await sp.owner_id(), "kind": role.kind}
+        if role.shared:
+            labels["shared"] = role.shared
+        inputs = {"name": vol.name, "pool": vol.pool, "size": vol.size or None, "config": role.config,
+                  "target": target or None, "labels": labels}
         existing = await asyncio.to_thread(ws.state_outputs)
         previous_size = (await asyncio.to_thread(ws.saved_inputs)).get("size")
         if existing.get("name"):
             inputs["target"] = member_of(existing)
-            await refuse_shrinking(sp, vol)
+            await refuse_shrinking(sp, vol, role)
         provider_settings = await asyncio.to_thread(
             provider.settings, sp.provider_refresh_interval, sp.endpoint_url, sp.lxd_cert,
             sp.lxd_key, sp.lxd_verify, sp.state_dir)
@@ -360,12 +381,14 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
         needs_init = await ws.prepare(main_tf, inputs)
         record = {"operation": "volume", "user": sp.user.name, "server": sp.name or "", "volume": vol.name,
                   "pool": vol.pool, "size": vol.size, "target": inputs["target"] or ""}
+        if role.shared:
+            record["shared"] = role.shared
         try:
             if needs_init:
                 await initialising.initialise(sp.terraform, ws, main_tf)
             created = not existing.get("name")
             if created and not checked:  # a workspace an earlier, failed spawn left
-                await refuse_existing_volume(sp, vol, inputs["target"])
+                await refuse_existing_volume(sp, vol, inputs["target"], role)
             if created and not await asyncio.to_thread(ws.state_resources):
                 # Nothing in the state: the apply can only create, so no plan is checked first
                 # (one terraform run instead of two for a new user's volume).
@@ -375,7 +398,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
                 plan = await sp.terraform.run(ws, "plan", f"-out={PLAN_FILE}")
             if plan and existing.get("name") and planned_creations(plan.events, "lxd_volume"):
                 raise SpawnError(
-                    f"your home volume {vol.name} is missing: it is not where it was made, and a new, empty one "
+                    f"{role.title} {vol.name} is missing: it is not where it was made, and a new, empty one "
                     "was not made in its place. Nothing was changed; ask the administrator.", reason="storage",
                     log_message=f"the plan for volume {vol.name} creates it again: the daemon no longer has it "
                                 f"on pool {vol.pool} (member {existing.get('location') or '-'!r}); find it "
@@ -383,7 +406,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
             replaced = planned_replacements(plan.events, "lxd_volume") if plan else []
             if replaced:
                 raise SpawnError(
-                    f"your home volume {vol.name} would have to be replaced (and emptied) to match the "
+                    f"{role.title} {vol.name} would have to be replaced (and emptied) to match the "
                     "storage settings; nothing was changed. Ask the administrator.", reason="storage",
                     log_message=f"the plan for volume {vol.name} replaces it ({', '.join(replaced)}): "
                                 f"storage_pool or the member changed (it is on pool {existing.get('pool') or vol.pool!r}"
@@ -414,7 +437,7 @@ async def ensure(spawner: LxdSpawner, vol: Volume, target: str | None) -> str:
         where = info.location if info else ""
         await ws.audit({**record, "action": "created" if created else "updated", "outcome": "ok",
                         "location": where, **await _versions(sp, ws)})
-        if created:
+        if created and role.kind == "home":
             sp.progress_bar.emit(28, f"Made your home volume {vol.name} ({vol.size or 'no quota'}): it starts "
                                      "empty and keeps your files across every stop")
         return where
@@ -474,10 +497,12 @@ async def _idmap_record(spawner: LxdSpawner, vol: Volume, target: str | None) ->
     return {k: v for k, v in (info.config if info else {}).items() if k.startswith("volatile.idmap.")}
 
 
-async def refuse_existing_volume(spawner: LxdSpawner, vol: Volume, target: str | None) -> None:
+async def refuse_existing_volume(spawner: LxdSpawner, vol: Volume, target: str | None,
+                                 role: Role | None = None) -> None:
     """A volume of that name made for another workspace (another hub's on the same daemon,
     another server's under the same name, an operator's own) is never taken over, and
     Terraform's create would fail on it with the daemon's words: say whose it is instead."""
+    role = role or home_role(spawner, vol)
     info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, target=target)
     if info is not None and info.config.get(RELEASED_KEY):
         raise SpawnError(
@@ -489,28 +514,29 @@ async def refuse_existing_volume(spawner: LxdSpawner, vol: Volume, target: str |
                         f"back: tf-lxd-spawner -f <config> adopt-volume --user {spawner.user.name} --volume {vol.name}; "
                         f"if not, delete it (lxc storage volume delete {vol.pool} {vol.name}) or give this user another "
                         "name")
-    problem = info and lxd.not_ours(info.config, vol.workspace, await spawner.owner_id(), "storage_name_template")
+    problem = info and lxd.not_ours(info.config, vol.workspace, await spawner.owner_id(), role.name_setting)
     if problem:
         raise SpawnError(
-            f"your home volume {vol.name} cannot be made: a volume of that name already exists on storage "
+            f"{role.title} {vol.name} cannot be made: a volume of that name already exists on storage "
             f"pool {vol.pool}, and it is not yours. Nothing was changed; ask the administrator.",
             reason="storage",
-            log_message=f"home volume {vol.name} on {spawner.backend_info.display} pool {vol.pool} already "
+            log_message=f"{role.kind} volume {vol.name} on {spawner.backend_info.display} pool {vol.pool} already "
                         f"exists and {problem}")
 
 
-async def refuse_shrinking(spawner: LxdSpawner, vol: Volume) -> None:
-    """Volumes only grow: a smaller storage_capacity than the volume has is refused."""
+async def refuse_shrinking(spawner: LxdSpawner, vol: Volume, role: Role) -> None:
+    """Volumes only grow: a smaller size (storage_capacity, a shared folder's size) than the
+    volume has is refused."""
     before = (await asyncio.to_thread(Workspace(vol.workspace).saved_inputs)).get("size") or ""
     try:
         old, new = size_bytes(before), size_bytes(vol.size)
     except ValueError as e:
-        raise SpawnError(f"storage_capacity: {e}", reason="config") from None
+        raise SpawnError(f"{role.size_setting}: {e}", reason="config") from None
     if old and (new is None or new < old):
         raise SpawnError(
-            f"your home volume {vol.name} cannot shrink from {before} to {vol.size or 'no quota'}: it might hold "
+            f"{role.title} {vol.name} cannot shrink from {before} to {vol.size or 'no quota'}: it might hold "
             "more than that. Nothing was changed; ask the administrator.", reason="storage",
-            log_message=f"storage_capacity {vol.size!r} is smaller than volume {vol.name}'s {before!r}: volumes "
+            log_message=f"{role.size_setting} {vol.size!r} is smaller than volume {vol.name}'s {before!r}: volumes "
                         "only grow; set it back, or resize by hand")
 
 

@@ -11,7 +11,7 @@ from urllib.parse import urlparse, urlunparse
 from jupyterhub.utils import maybe_future
 
 from ..errors import SpawnError
-from ..homes import snapshots
+from ..homes import shared_folders, snapshots
 from ..systems import hub_relay
 from ..systems.ports import resolve
 from . import settings_values
@@ -174,6 +174,9 @@ async def module_inputs(spawner: LxdSpawner, checked: Checked, listen_address: s
         shown = await snapshots_disk(spawner, checked.volume, checked.pool_driver)
         if shown:
             found["disks"] = [*found["disks"], shown]
+    if checked.shared:  # the groups' folders after the home: read-only where the user only reads
+        found["volumes"] = [*found.get("volumes", []), *shared_folders.devices(checked.shared)]
+        found["user"] = {**found["user"], **shared_folders.account(checked.shared)}
     return found
 
 

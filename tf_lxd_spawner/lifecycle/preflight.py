@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 from jupyterhub.utils import maybe_future
 
 from ..errors import SpawnError
-from ..homes import storage
+from ..homes import shared_folders, storage
 from ..systems import backends, hub_relay, lxd
 from ..systems.ports import is_loopback, is_this_host, resolve
 from . import audit, connect, settings_values
@@ -38,6 +38,7 @@ class Checked:
     pool_driver: str = ""  # the driver of the volume's pool (btrfs, dir, zfs...)
     hub_socket: bool = False  # the hub API through the unix socket relay (hub_api_via)
     home_full: bool = False  # the home volume has no room left: the server must not need to write there
+    shared: list = field(default_factory=list)  # shared_folders.Mount: the groups' folders it mounts
 
 
 async def run(spawner: LxdSpawner) -> Checked:
@@ -93,6 +94,9 @@ async def run(spawner: LxdSpawner) -> Checked:
             spawner.log.info("%s: filesystems_to_mount %r is mounted at %s, the home: no home volume for it",
                              spawner.instance, mounted[0].get("name"), checked.volume.mount_path)
             checked.volume = None
+    home = checked.volume.mount_path if checked.volume is not None else spawner.account["home"]
+    checked.shared = shared_folders.mounts_for(spawner, home)
+    await shared_folders.check(spawner, checked.shared)
     checked.hub_id = await spawner.owner_id()
     return checked
 
@@ -105,7 +109,7 @@ async def check_storage(spawner: LxdSpawner) -> tuple["storage.Volume", str]:
         storage.size_bytes(vol.size)
     except ValueError as e:
         raise SpawnError(f"storage_capacity: {e}", reason="config") from None
-    await storage.refuse_shrinking(spawner, vol)
+    await storage.refuse_shrinking(spawner, vol, storage.home_role(spawner, vol))
     if not isinstance(spawner.storage_config, dict) or "size" in spawner.storage_config:
         raise SpawnError("storage_config may not set size: use storage_capacity", reason="config")
     try:

@@ -4,6 +4,7 @@ apply, write files, start, run commands, wait for the server; a failure is clean
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from .. import metrics
 from ..errors import SpawnError
-from ..homes import storage
+from ..homes import shared_folders, storage
 from ..systems import initialising, lxd, modules, provider
 from ..systems.terraform import TerraformError, planned_replacements
 from ..systems.workspace import SECRET_INPUTS, Workspace, render_root, secret_env
@@ -62,14 +63,18 @@ async def start(spawner: LxdSpawner, server: Server, checked: Checked, stages: S
     the caller's clean-up."""
     spawner.progress_bar.emit(5, f"Preparing workspace for {server.instance}")
     attempt.record = audit.start_record(spawner)
-    volume_member = None
+    pinned = {}  # {what: member} of the volumes it mounts that are on one member's pool
     if checked.volume is not None:
-        volume_member = await storage.location(spawner, checked.volume)
+        pinned["your home volume"] = await storage.location(spawner, checked.volume)
         attempt.record["volume"] = checked.volume.name
+    if checked.shared:
+        pinned.update(await shared_folders.locations(spawner, checked.shared))
+        attempt.record["shared"] = {m.folder.name: "ro" if m.readonly else "rw" for m in checked.shared}
+    pinned = {what: member for what, member in pinned.items() if member}
     with stages.timed("placement"):
         async with reservations.decide:  # choose and reserve as one step
-            if volume_member:
-                target = await volume_target(spawner, server, checked, volume_member)
+            if pinned:
+                target = await volume_target(spawner, server, checked, pinned)
             elif attempt.resuming:
                 target = await resume_target(spawner, server, checked)
             else:
@@ -85,31 +90,54 @@ async def start(spawner: LxdSpawner, server: Server, checked: Checked, stages: S
             if checked.members and where and where != checked.target:
                 # LXD chose the volume's member, or another server of this user made the volume
                 # first, elsewhere: the server goes where the volume is.
-                checked.target = attempt.target = await volume_target(spawner, server, checked, where)
-            async with storage.first_attach(spawner, checked.volume, checked.target):
-                return await _create(spawner, server, checked, stages, attempt)
-        return await _create(spawner, server, checked, stages, attempt)
+                pinned["your home volume"] = where
+                checked.target = attempt.target = await volume_target(spawner, server, checked, pinned)
+        if checked.shared:
+            with stages.timed("shared"):
+                made = await shared_folders.ensure_all(spawner, checked.shared, checked.target)
+                await shared_folders.audit_access(spawner, server.ws, checked.shared)
+            if checked.members and any(made[what] != checked.target for what in made):
+                pinned.update(made)
+                checked.target = attempt.target = await volume_target(spawner, server, checked, pinned)
+        async with contextlib.AsyncExitStack() as first:
+            # Volumes no instance has used yet are attached by one start at a time (each one's
+            # first attach shifts its files).
+            for vol in [checked.volume, *(m.volume for m in checked.shared)]:
+                if vol is not None:
+                    await first.enter_async_context(storage.first_attach(spawner, vol, checked.target))
+            return await _create(spawner, server, checked, stages, attempt)
     finally:
         reservations.release(target)
 
 
-async def volume_target(spawner: LxdSpawner, server: Server, checked: Checked, member_name: str) -> str | None:
-    """A user's volume on a pool local to one member: their servers go to that member, or the
-    spawn is refused naming it (an empty home elsewhere would look like lost work)."""
+async def volume_target(spawner: LxdSpawner, server: Server, checked: Checked, pinned: dict[str, str]) -> str | None:
+    """Volumes on a pool local to one member (`pinned`: {what: member}, a home, a shared
+    folder): the server goes to that member, or the spawn is refused naming it (an empty home
+    elsewhere would look like lost work); volumes on two members are refused, naming both."""
     if not checked.members:
         return None
+    if len(set(pinned.values())) > 1:
+        where = "; ".join(f"{what} is on {member}" for what, member in sorted(pinned.items()))
+        raise SpawnError(
+            f"your server mounts volumes that are on different cluster members ({where}): it can only start "
+            "where all of them are. Nothing was changed; ask the administrator.", reason="placement",
+            status_code=409,
+            log_message=f"{server.instance}: {where}. On a pool local to each member, move one of them (tf-lxd-"
+                        "spawner home move; lxc storage volume move for a shared folder), or put shared folders on "
+                        "a pool every member reaches (ceph, cephfs)")
+    what, member_name = sorted(pinned.items())[0]
     member = {m.name: m for m in checked.members}.get(member_name)
     usable = member is not None and member.status == "Online" and member_name not in spawner.excluded_members
     if not usable:
         why = ("excluded (c.LxdSpawner.excluded_members)" if member_name in spawner.excluded_members
                else (member.status if member else "not in the cluster"))
         raise SpawnError(
-            f"your home volume is on cluster member {member_name}, which is {why}: your server can only "
+            f"{what} is on cluster member {member_name}, which is {why}: your server can only "
             "start there, with your files. Try again when that member is back, or ask the administrator.",
             reason="placement")
-    _refuse_disallowed(spawner, checked, member, "your home volume")
+    _refuse_disallowed(spawner, checked, member, what)
     if callable(spawner.placement) or spawner.placement == "lxd":
-        server.log.info("%s goes to %s, where its home volume is", server.instance, member_name)
+        server.log.info("%s goes to %s, where %s is", server.instance, member_name, what)
     return member_name
 
 

@@ -8,6 +8,7 @@
                             (delete_storage = False) back to the new user of that name
     tf-lxd-spawner home list|snapshots|snapshot|restore|grow|move|export|import|undelete|purge
                             a user's home volume: its snapshots, a way back, a backup, retention
+    tf-lxd-spawner shared list|snapshot|delete   groups' shared folders (shared_volumes)
 
 -f reads the settings of jupyterhub_config.py, as the hub would (defaults and validation are
 the spawner's own); options on the command line override them.
@@ -25,12 +26,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse, urlunparse
 
+from ..homes.shared_folders import SHARED_DIR
 from ..homes.storage import RELEASED_KEY, VOLUMES_DIR, member_of
 from ..lifecycle.record import read_record
 from ..systems import backends, lxd, naming
 from ..systems.terraform import TerraformRunner, pick_binary
 from ..systems.workspace import StateUnreadable, Workspace
-from . import doctor, home_commands, orphans
+from . import doctor, home_commands, orphans, shared_commands
 
 SETTINGS = ("state_dir", "backend", "lxd_endpoint", "lxd_cert", "lxd_key", "lxd_verify", "terraform_path",
             "terraform_cli_config", "orphan_grace_period", "lxd_timeout")
@@ -94,12 +96,15 @@ def _settings(spawner) -> dict:
 
 
 def _workspaces(state_dir: Path):
+    """Every workspace with an audit record: servers', then groups' shared folders'."""
     for audit in sorted(state_dir.glob("*/*/audit.jsonl")):
         yield Workspace(audit.parent)
 
 
 def cmd_list(args, settings) -> int:
     for ws in _workspaces(Path(settings["state_dir"])):
+        if ws.path.parent.name == SHARED_DIR:
+            continue  # listed below, with the volumes
         records = ws.audit_records()
         last = records[-1] if records else {}
         try:
@@ -118,7 +123,9 @@ def cmd_list(args, settings) -> int:
 def _volume_lines(state_dir: Path, endpoint) -> list[str]:
     """One line per user's home volume: its workspace, name, pool, member, quota and use."""
     lines = []
-    for path in sorted(state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfvars.json")):
+    found = [*state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfvars.json"),
+             *state_dir.glob(f"{SHARED_DIR}/*/terraform.tfvars.json")]
+    for path in sorted(found):
         ws = Workspace(path.parent)
         inputs, outputs = ws.saved_inputs(), ws.state_outputs()
         pool, name = inputs.get("pool", ""), inputs.get("name", "")
@@ -129,7 +136,8 @@ def _volume_lines(state_dir: Path, endpoint) -> list[str]:
                                                    if info.used_bytes is not None else "use unknown")
         except lxd.LxdUnavailable as e:
             used = f"daemon unreachable ({e})"
-        lines.append(f"{ws.path}\tvolume {pool}/{name}\t{where or ''}\t{inputs.get('size') or 'no quota'}\t{used}")
+        kind = "shared folder" if ws.path.parent.name == SHARED_DIR else "volume"
+        lines.append(f"{ws.path}\t{kind} {pool}/{name}\t{where or ''}\t{inputs.get('size') or 'no quota'}\t{used}")
     return lines
 
 
@@ -249,7 +257,7 @@ def main(argv=None) -> int:
 
     sub.add_parser = sub_parser
     sub.add_parser("list", help="one line per workspace (path, instance, member, state, phase, last operation), "
-                   "then one per home volume (pool/name, member, quota, space used)")
+                   "then one per home volume and shared folder (pool/name, member, quota, space used)")
     audit = sub.add_parser("audit", help="every audit record, as JSON lines")
     audit.add_argument("--user", help="only this JupyterHub user")
     orph = sub.add_parser("orphans", help="instances no workspace owns, workspaces whose instance is gone")
@@ -267,6 +275,7 @@ def main(argv=None) -> int:
     adopt.add_argument("--volume", required=True, help="the volume's name (the refused spawn's log names it)")
     _daemon_options(adopt)
     home_commands.add_parser(sub, _daemon_options)
+    shared_commands.add_parser(sub, _daemon_options)
     args = parser.parse_args(argv)
     try:
         spawner = spawner_from(args)
@@ -275,6 +284,8 @@ def main(argv=None) -> int:
         return 2
     if args.command == "doctor":
         return cmd_doctor(args, spawner)
+    if args.command == "shared":
+        return shared_commands.run(args, spawner)
     if args.command == "home":
         return home_commands.run(args, lambda user, server="": spawner_from(args, user, server))
     return {"list": cmd_list, "audit": cmd_audit, "orphans": cmd_orphans,

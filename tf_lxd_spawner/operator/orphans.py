@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..homes.shared_folders import SHARED_DIR
 from ..homes.storage import VOLUMES_DIR
 from ..systems import lxd
 from ..systems.terraform import TerraformRunner
@@ -69,7 +70,9 @@ def _state_instances(ws: Workspace) -> set[str]:
 def _state_volumes(state_dir: Path) -> set[tuple[str, str]]:
     """(pool, name) of every volume a volume workspace's state holds."""
     held = set()
-    for path in sorted(state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfstate")):
+    found = [*state_dir.glob(f"*/{VOLUMES_DIR}/*/terraform.tfstate"),
+             *state_dir.glob(f"{SHARED_DIR}/*/terraform.tfstate")]
+    for path in sorted(found):
         try:
             resources = Workspace(path.parent).state_resources()
         except StateUnreadable:

@@ -2,14 +2,17 @@ locals {
   conf_dir = "/etc/jupyterhub-singleuser"
 
   # What the image's launcher reads: who to run as and what to run (an argument list, no shell).
-  spawn = {
+  # groups and group_dirs only when given: a server without shared folders keeps the file it had.
+  spawn = merge({
     user = var.user.name
     uid  = var.user.uid
     gid  = var.user.gid
     home = var.user.home
     cwd  = var.server_cwd
     cmd  = var.server_cmd
-  }
+    }, length(var.user.groups) > 0 ? { groups = var.user.groups } : {},
+    length(var.user.group_dirs) > 0 ? { group_dirs = var.user.group_dirs } : {},
+  )
 
   spawn_file = {
     target_path = "${local.conf_dir}/spawn.json"

@@ -42,12 +42,14 @@ variable "profiles" {
 }
 
 variable "user" {
-  description = "The account the single-user server runs as inside the instance. It is created at boot with this uid and gid when missing, so files in mounted directories belong to the same ids as on the host."
+  description = "The account the single-user server runs as inside the instance. It is created at boot with this uid and gid when missing, so files in mounted directories belong to the same ids as on the host. groups: supplementary group ids the account is made a member of (created when missing), e.g. a shared folder's group. group_dirs: directories (a shared folder the user may write) the launcher gives to a group and makes setgid 2775 at boot, so files written there by several users stay writable for the group; the server then runs with umask 0002."
   type = object({
-    name = string
-    uid  = number
-    gid  = number
-    home = string
+    name       = string
+    uid        = number
+    gid        = number
+    home       = string
+    groups     = optional(list(number), [])
+    group_dirs = optional(list(object({ path = string, gid = number })), [])
   })
 
   validation {
@@ -61,6 +63,14 @@ variable "user" {
   validation {
     condition     = startswith(var.user.home, "/")
     error_message = "user.home must be an absolute path."
+  }
+  validation {
+    condition     = alltrue([for g in concat(var.user.groups, [for d in var.user.group_dirs : d.gid]) : g > 0 && g < 4294967295 && floor(g) == g])
+    error_message = "user.groups and user.group_dirs[*].gid must be whole numbers between 1 and 4294967294 (never root's group)."
+  }
+  validation {
+    condition     = alltrue([for d in var.user.group_dirs : startswith(d.path, "/") && d.path != "/"])
+    error_message = "user.group_dirs[*].path must be an absolute path other than /."
   }
 }
 
