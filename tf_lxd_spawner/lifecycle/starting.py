@@ -92,10 +92,11 @@ async def start(spawner: LxdSpawner, server: Server, checked: Checked, stages: S
                 # first, elsewhere: the server goes where the volume is.
                 pinned["your home volume"] = where
                 checked.target = attempt.target = await volume_target(spawner, server, checked, pinned)
+        # Before the inputs are written: a folder revoked since the last start is audited too.
+        await shared_folders.audit_access(spawner, server.ws, checked.shared)
         if checked.shared:
             with stages.timed("shared"):
                 made = await shared_folders.ensure_all(spawner, checked.shared, checked.target)
-                await shared_folders.audit_access(spawner, server.ws, checked.shared)
             if checked.members and any(made[what] != checked.target for what in made):
                 pinned.update(made)
                 checked.target = attempt.target = await volume_target(spawner, server, checked, pinned)
