@@ -1,6 +1,6 @@
 # make test: all set-up on a fresh machine (idempotent, cached steps skipped), then the tests.
 # make demo: the same set-up, then JupyterHub with this spawner on http://127.0.0.1:8000
-#   (examples/demo/; EXAMPLE=seed, cluster-weights, custom-module-gpu or incus-opentofu runs that example).
+#   (examples/demo/; EXAMPLE=seed, cluster-weights, custom-module-gpu, incus-opentofu or course runs that example).
 # make performance: the same set-up, then benchmarks/side_by_side.py regenerates docs/performance.md.
 SHELL := /bin/bash
 CACHE := $(CURDIR)/.cache

@@ -395,7 +395,7 @@ class LxdSpawnerSettings(LoggingConfigurable):
         [],
         help="""Folders shared by JupyterHub groups: a course's data that its staff write and its
         students only read, a team's project folder. Each entry is a dict: `name` (lower-case
-        letters, digits, '-'), `size` ("20GiB"), `path` (absolute, or relative to the home),
+        letters, digits, '-'), `size` ("20GiB"; "" for no quota), `path` (absolute, or relative to the home),
         `write_groups` and `read_groups` (JupyterHub group names; a user in both writes, a user
         in neither gets no device for it), and optionally `pool` (default storage_pool), `gid`
         (the group id that owns the folder, default 1000) and `config` (LXD volume keys). Each

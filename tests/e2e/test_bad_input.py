@@ -264,3 +264,27 @@ def test_names_leading_out_of_a_container_path_are_refused(tmp_path, lxd_client)
             r"'/home/\.\.'", username="..", create_mount_dirs=True,
             filesystems_to_mount=[["home", f"{tmp_path}/homes/{{username}}", "/home/{username}"]])
     assert not (tmp_path / "homes").exists()
+
+
+COURSE = {"name": "course", "size": "10MiB", "path": "course", "read_groups": ["students"]}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({**COURSE, "name": "Bad Name!"}, r"shared_volumes\[0\]: name 'Bad Name!' must be lower-case"),
+    ({**COURSE, "size": "lots"}, r"shared_volumes \(course\): size: 'lots' is not a size"),
+    ({**COURSE, "path": "/home/bad"}, r"shared_volumes \(course\): path '/home/bad' is the home itself"),
+    ({**COURSE, "read_groups": "students"}, r"read_groups must be a list of JupyterHub group names"),
+    ({**COURSE, "pool": "no-such-pool"}, r"shared_volumes \(course\): storage pool 'no-such-pool' does not exist"),
+    ({**COURSE, "colour": "red"}, r"shared_volumes\[0\]: unknown keys \['colour'\]"),
+])
+def test_shared_volumes_entries_that_cannot_work(tmp_path, lxd_client, entry, message):
+    """A wrong shared_volumes entry is named before anything is made (no volume, no workspace)."""
+    from types import SimpleNamespace
+
+    volumes = {v.name for v in lxd_client.storage_pools.get("default").volumes.all()}
+    sp = make_spawner(tmp_path / "state", "bad", image=IMAGE, shared_volumes=[entry])
+    sp.user.groups = [SimpleNamespace(name="students")]
+    with pytest.raises(SpawnError, match=message):
+        asyncio.run(sp.start())
+    assert not (tmp_path / "state").exists(), "a refused spawn must not create a workspace"
+    assert {v.name for v in lxd_client.storage_pools.get("default").volumes.all()} == volumes

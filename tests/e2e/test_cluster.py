@@ -252,3 +252,55 @@ c.LxdSpawner.storage_capacity = ""
         follow_refuse_move(hub, cluster)
     finally:
         hub.stop()
+
+
+def test_shared_folder_on_a_local_pool_brings_its_users_to_its_member_or_refuses(cluster, tmp_path_factory):
+    """Issue 29 on a pool local to each member: the folder is made where its first user goes;
+    the next member of the group goes there too, whatever the weights say; a user whose home is
+    on another member is refused, naming both, and nothing is made for them."""
+    from hubtools import Control, control_hook
+
+    work = tmp_path_factory.mktemp("cluster-shared")
+    if "jupyter-notebook" not in cluster.first.lxc("image", "list", "--format", "csv"):
+        cluster.import_image_from_host("jupyter-notebook", work)
+    hub = Hub(work, f"""
+c.LxdSpawner.lxd_endpoint = "{cluster.first.url}"
+c.LxdSpawner.lxd_cert = "{cluster.cert}"
+c.LxdSpawner.lxd_key = "{cluster.key}"
+c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
+c.LxdSpawner.storage_pool = "local"
+c.LxdSpawner.storage_capacity = ""
+c.LxdSpawner.shared_volumes = [{{"name": "lab", "path": "lab", "write_groups": ["lab"]}}]
+c.JupyterHub.load_roles.append({{"name": "tester-groups", "services": ["tester"], "scopes": ["admin:groups"]}})
+""" + control_hook(work / "control.json")).start()
+    control = Control(work / "control.json")
+    users = {"ann": {"m1": 0, "m2": 0}, "ben": {"m3": 0, "m1": 0}, "cat": {"m2": 0, "m3": 0}}
+    try:
+        for user, weights in users.items():
+            hub.api("POST", f"/users/{user}")
+            control.set(user, host_weights=weights)
+        assert hub.api("POST", "/groups/lab", json={"users": ["ann", "ben"]}).status_code == 201
+        for user in ("ann", "cat"):  # ann (in lab) to m3, cat (not yet) to m1
+            assert hub.start_server(user).status_code in (201, 202)
+            hub.wait_ready(user, timeout=300)
+        folder = [v["location"] for v in cluster.api("GET", "/1.0/storage-pools/local/volumes?recursion=1")["metadata"]
+                  if v["name"] == "shared-lab" and v["type"] == "custom"]
+        assert folder == ["m3"] and locations(cluster)["jupyter-cat"] == "m1", (folder, locations(cluster))
+        assert hub.start_server("ben").status_code in (201, 202)  # its weights say m2
+        hub.wait_ready("ben", timeout=300)
+        assert locations(cluster)["jupyter-ben"] == "m3", "ben goes where the lab folder is"
+        for user in ("cat", "ben"):
+            hub.api("DELETE", f"/users/{user}/server")
+            hub.wait_stopped(user)
+        assert hub.api("POST", "/groups/lab/users", json={"users": ["cat"]}).status_code == 200
+        assert hub.start_server("cat").status_code in (201, 202)
+        events = hub.progress_events("cat")
+        message = events[-1].get("message", "")
+        assert events[-1].get("failed") and "the shared folder lab is on m3" in message \
+            and "your home volume is on m1" in message, events[-1]
+        hub.wait_stopped("cat")
+        assert "jupyter-cat" not in locations(cluster)
+        hub.api("DELETE", "/users/ann/server")
+        hub.wait_stopped("ann")
+    finally:
+        hub.stop()

@@ -1,26 +1,32 @@
 """The examples run as they are. Each example's configuration drives real spawns (spawner
 stub, real LXD or Incus, Terraform or OpenTofu) and shows what it is about: the seed's pushed
 files and mounted home, the custom module's GPU profile and device (made, then removed), Incus
-with OpenTofu, and member weights on the loopback cluster the cluster example brings up."""
+with OpenTofu, a course's shared folders (read-only for students, kept after the stop), and
+member weights on the loopback cluster the cluster example brings up."""
 
 import asyncio
 import json
 import shutil
+from types import SimpleNamespace
 
 import exampleconfig
 import pylxd
 import pytest
 import spawnerstub
 from conftest import INCUS_SOCKET
+from hubtools import delete_volumes
 
 pytestmark = pytest.mark.e2e
 
 
-def spawn_and_stop(example, tmp_path, username, check, **traits):
+def spawn_and_stop(example, tmp_path, username, check, groups=(), **traits):
     """Start a server with the example's configuration (only the workspace moved to tmp_path),
-    run `check(instance, spawner)` while it runs, stop it and assert the instance is gone."""
+    run `check(instance, spawner)` while it runs, stop it and assert the instance is gone.
+    `groups`: the user's JupyterHub group names (the stub's user has none otherwise)."""
     cfg = exampleconfig.load(example)
     sp = spawnerstub.make_spawner(tmp_path / "state", username, config=cfg, **traits)
+    if groups:
+        sp.user.groups = [SimpleNamespace(name=g) for g in groups]
     client = pylxd.Client(endpoint=INCUS_SOCKET) if sp.backend == "incus" else pylxd.Client()
     name = None
     try:
@@ -113,3 +119,45 @@ def test_profiles_large_with_an_image_of_ones_own(tmp_path):
         assert (record["profile"], record["image"]) == ("large", "jupyter-notebook"), record
     spawn_and_stop("profiles", tmp_path, "example-profiles", check,
                    user_options={"profile": "large", "image--unlisted-choice": "jupyter-notebook"})
+
+
+def volume_exists(pool, name):
+    try:
+        pool.volumes.get("custom", name)
+    except pylxd.exceptions.NotFound:
+        return False
+    return True
+
+
+def test_course_a_student_reads_the_course_folder_and_it_outlives_the_stop(tmp_path):
+    """examples/course: alice (a student, by the example's load_groups) gets the course's folder
+    read-only (the daemon refuses a write, even root's) and no staff room; the folder's volume
+    is still there after her server's stop. Her home volume is on, as in the demo."""
+    cfg = exampleconfig.load("course")
+    groups = sorted(g for g, spec in cfg.JupyterHub.load_groups.items() if "alice" in spec["users"])
+    assert groups == ["students"], cfg.JupyterHub.load_groups
+    state = tmp_path / "state"
+    client = pylxd.Client(endpoint=INCUS_SOCKET) if cfg.LxdSpawner.backend == "incus" else pylxd.Client()
+    pool = client.storage_pools.get("default")
+    assert not volume_exists(pool, "shared-data-101"), (  # not this test's: e.g. `make demo EXAMPLE=course`
+        "the volume shared-data-101 exists already (tf-lxd-spawner -f examples/course/jupyterhub_config.py "
+        "shared delete data-101 --force deletes it)")
+
+    def check(inst, sp):
+        folder = inst.devices["tf-lxd-shared-data-101"]
+        assert (folder["source"], folder["path"], folder.get("readonly")) == (
+            "shared-data-101", "/home/alice/data-101", "true"), folder
+        assert not [d for d in inst.devices if d.startswith("tf-lxd-shared-") and d != "tf-lxd-shared-data-101"], \
+            f"a student has no device for the staff room: {sorted(inst.devices)}"
+        r = inst.execute(["touch", "/home/alice/data-101/cheat"])
+        assert r.exit_code != 0 and "Read-only file system" in r.stderr, (r.exit_code, r.stdout, r.stderr)
+        inputs = json.loads(sp.workspace_dir().tfvars.read_text())
+        assert (inputs["user"]["uid"], inputs["user"]["groups"]) == (2101, [3000]), inputs["user"]
+        assert not inputs["user"].get("group_dirs"), "a reader's folder is not made setgid by her server"
+    try:
+        spawn_and_stop("course", tmp_path, "alice", check, groups=groups, storage_enabled=True)
+        assert volume_exists(pool, "shared-data-101"), "a stop never deletes a shared folder"
+        assert not (state / "_shared" / "staff-room").exists(), "no start of staff: no staff room made"
+    finally:
+        deleted = delete_volumes(client, under=str(state))  # the folder and alice's home
+    assert not volume_exists(pool, "shared-data-101"), deleted

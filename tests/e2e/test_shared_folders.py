@@ -3,6 +3,7 @@ tofu: a course folder its staff write and its students only read, a team folder.
 
 - a class starting at once: one volume made, once; each user gets the device their groups give
   (read-only for students: the daemon refuses their writes), a user in no group has no device;
+  a folder given by JupyterHub's group_overrides comes with its group;
 - staff with different uids write together: the folder belongs to the shared gid, setgid 2775,
   and one's file stays writable for the other;
 - a change of groups takes effect at the next start and is audited, for a fresh server and for
@@ -42,11 +43,15 @@ c.LxdSpawner.backend = "{daemon}"
 c.LxdSpawner.terraform_path = "{BINARY[daemon]}"
 c.LxdSpawner.image = "{IMAGE}"
 c.LxdSpawner.storage_capacity = "100MiB"
-c.LxdSpawner.shared_volumes = [
+_FOLDERS = [
     {{"name": "course", "size": "100MiB", "path": "course", "write_groups": ["staff"],
       "read_groups": ["students"], "gid": 3000}},
     {{"name": "team", "size": "50MiB", "path": "/srv/team", "write_groups": ["team"], "gid": 3001}},
 ]
+c.LxdSpawner.shared_volumes = _FOLDERS
+# JupyterHub's group_overrides replace a list: the team's extra folder comes with the whole list.
+c.Spawner.group_overrides = {{"10-team": {{"groups": ["team"], "spawner_override": {{"shared_volumes": _FOLDERS + [
+    {{"name": "extra", "size": "20MiB", "path": "extra", "read_groups": ["team"]}}]}}}}}}
 _IDS = {json.dumps(IDS)}
 c.LxdSpawner.get_uid_gid = lambda sp: tuple(_IDS.get(sp.user.name, (1000, 1000)))
 c.Spawner.http_timeout = 240
@@ -109,6 +114,8 @@ def test_a_class_starts_at_once(ctx):
     assert devices(ctx, "stu1")["tf-lxd-shared-course"].get("readonly") == "true"
     assert "tf-lxd-shared-course" not in devices(ctx, "outsider")
     assert "tf-lxd-shared-team" in devices(ctx, "prof") and "tf-lxd-shared-team" not in devices(ctx, "ta")
+    assert devices(ctx, "prof")["tf-lxd-shared-extra"].get("readonly") == "true", "from the team's group_overrides"
+    assert "tf-lxd-shared-extra" not in devices(ctx, "ta")
 
     ctx.write("prof", "~/course/syllabus.txt", "week 1: shells")
     assert ctx.run("ta", TRY_WRITE.format(name="syllabus.txt", text="; week 2: git")) == "wrote\n", \

@@ -10,11 +10,11 @@ import exampleconfig
 import pytest
 from conftest import CACHE, MODULE_DIR, REPO, terraform_env
 
-EXPECTED = {"demo", "seed", "cluster-weights", "custom-module-gpu", "incus-opentofu", "profiles"}
+EXPECTED = {"demo", "seed", "cluster-weights", "custom-module-gpu", "incus-opentofu", "profiles", "course"}
 FOUND = sorted(p.parent.name for p in exampleconfig.EXAMPLES.glob("*/jupyterhub_config.py"))
 
 
-def test_the_examples_are_the_expected_six_each_with_a_readme():
+def test_the_examples_are_the_expected_seven_each_with_a_readme():
     assert set(FOUND) == EXPECTED
     for name in EXPECTED:
         readme = (exampleconfig.EXAMPLES / name / "README.md").read_text()
@@ -31,6 +31,9 @@ def test_every_option_exists_and_validates(name):
     for section in ("LxdSpawner", "Spawner"):
         for option, value in cfg[section].items():
             assert sp.has_trait(option), f"{name}: c.{section}.{option} is not an option"
+            if callable(value):  # loaded twice (cfg and sp): two function objects of the same code
+                assert getattr(getattr(sp, option), "__code__", None) == value.__code__, (name, option)
+                continue
             # The value took effect (as the trait converts it: mem_limit "2G" is bytes).
             assert getattr(sp, option) == sp.traits()[option].validate(sp, value), (name, option)
     assert cfg.JupyterHub.spawner_class == "tf-lxd"

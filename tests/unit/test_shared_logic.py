@@ -1,4 +1,4 @@
-"""Issue 29 (work in progress): which shared volumes a user's groups give, and how; bad
+"""Shared folders: which shared volumes a user's groups give, and how; bad
 shared_volumes entries refused with a message naming the entry."""
 
 import pytest
@@ -27,7 +27,7 @@ def test_changes_of_membership_are_named():
 
 @pytest.mark.parametrize("entry, message", [
     ({"name": "Data8", "size": "1GiB", "path": "/x", "read_groups": ["g"]}, "lower-case"),
-    ({"name": "d", "path": "/x", "read_groups": ["g"]}, "size must be given"),
+    ({"name": "d", "size": 5, "path": "/x", "read_groups": ["g"]}, "size must be a size"),
     ({"name": "d", "size": "1GiB", "path": "/", "read_groups": ["g"]}, "must name a directory"),
     ({"name": "d", "size": "1GiB", "path": "a/../b", "read_groups": ["g"]}, "without '..'"),
     ({"name": "d", "size": "1GiB", "path": "/x"}, "nobody would get it"),
@@ -45,3 +45,7 @@ def test_names_and_paths_are_unique():
         parse([COURSE[0], {**COURSE[0], "path": "/elsewhere"}])
     with pytest.raises(SharedConfigError, match="path '/srv/data8' is given twice"):
         parse([COURSE[0], {**COURSE[0], "name": "other"}])
+
+
+def test_no_size_is_no_quota():
+    assert parse([{"name": "d", "path": "/x", "read_groups": ["g"]}])[0].size == ""

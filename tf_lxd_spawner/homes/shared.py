@@ -1,5 +1,5 @@
-"""Shared folders for groups (issue 29, work in progress): a volume per course or project,
-writable by some JupyterHub groups and read-only for others.
+"""Shared folders for groups: a volume per course or project, writable by some JupyterHub
+groups and read-only for others.
 
 This module holds the pure part: reading the operator's `shared_volumes` setting and deciding,
 from a user's groups, which volumes their server mounts and how. The daemon enforces it: a
@@ -23,7 +23,7 @@ class SharedConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class SharedVolume:
     name: str
-    size: str
+    size: str  # "" sets no quota (a pool that cannot enforce one: dir)
     #: Where it is mounted: absolute, or relative to the user's home.
     path: str
     write_groups: tuple[str, ...]
@@ -66,8 +66,8 @@ def parse(raw) -> list[SharedVolume]:
                                     "(at most 41, starting with a letter or digit)")
         where = f"shared_volumes[{i}] ({name})"
         size, path = entry.get("size", ""), entry.get("path", "")
-        if not isinstance(size, str) or not size:
-            raise SharedConfigError(f"{where}: size must be given, e.g. \"10GiB\"")
+        if not isinstance(size, str):
+            raise SharedConfigError(f"{where}: size must be a size such as \"10GiB\" (or \"\" for no quota)")
         if not isinstance(path, str) or not path.strip("/") or ".." in path.split("/"):
             raise SharedConfigError(f"{where}: path {path!r} must name a directory (absolute, or relative to "
                                     "the home), without '..'")

@@ -37,7 +37,12 @@ run "volume" {
 
 run "create" {
   variables {
-    volumes = [{ name = "tftest-volume", pool = run.volume.pool, source = run.volume.name, path = "/mnt/tftest-volume" }]
+    # The same volume twice: as it always was (a home), and read-only (a shared folder the user
+    # may only read), so the look inside can see the daemon refuse a write on the second.
+    volumes = [
+      { name = "tftest-volume", pool = run.volume.pool, source = run.volume.name, path = "/mnt/tftest-volume" },
+      { name = "tftest-volume-ro", pool = run.volume.pool, source = run.volume.name, path = "/mnt/tftest-volume-ro", readonly = true },
+    ]
   }
 
   assert {
@@ -92,7 +97,13 @@ run "create" {
     condition = one([for d in lxd_container.notebook.device : d.properties if d.name == "tftest-volume" && d.type == "disk"]) == tomap({
       pool = "default", source = "${var.name}-vol", path = "/mnt/tftest-volume"
     })
-    error_message = "The volume should be a disk device with its pool, source and path."
+    error_message = "The volume should be a disk device with its pool, source and path (no readonly key)."
+  }
+  assert {
+    condition = one([for d in lxd_container.notebook.device : d.properties if d.name == "tftest-volume-ro" && d.type == "disk"]) == tomap({
+      pool = "default", source = "${var.name}-vol", path = "/mnt/tftest-volume-ro", readonly = "true"
+    })
+    error_message = "A volume with readonly = true should be a disk device with readonly = \"true\"."
   }
   assert {
     condition     = lxd_container.notebook.limits == tomap({ processes = "2000" })
@@ -105,8 +116,9 @@ run "create" {
 }
 
 # What the container really holds: modes, owners and contents of every pushed file, the volume
-# mounted where it should be, and the server answering through the proxy device (tests/inspect
-# runs lxc on this machine).
+# mounted where it should be (writable, and read-only where readonly = true: even root's write is
+# refused), and the server answering through the proxy device (tests/inspect runs lxc on this
+# machine).
 run "inspect" {
   module {
     source = "./tests/inspect"
@@ -121,6 +133,7 @@ run "inspect" {
     connect_address  = run.create.connect_address
     connect_port     = run.create.connect_port
     mounts           = ["/mnt/tftest-volume"]
+    readonly_mounts  = ["/mnt/tftest-volume-ro"]
   }
 
   assert {
@@ -130,5 +143,9 @@ run "inspect" {
   assert {
     condition     = output.checked_mounts == tolist(["/mnt/tftest-volume"])
     error_message = "The volume should have been found mounted inside the instance."
+  }
+  assert {
+    condition     = output.checked_readonly_mounts == tolist(["/mnt/tftest-volume-ro"])
+    error_message = "The read-only volume should have been found mounted read-only, refusing a write."
   }
 }

@@ -153,6 +153,94 @@ run "relative_home" {
   expect_failures = [var.user]
 }
 
+# spawn.json, as the provider writes it (the resource's file) and as a caller would (the files
+# output): without groups it is the file a server always had, byte for byte.
+run "spawn_without_groups_plan" {
+  command = plan
+
+  assert {
+    condition     = one([for f in lxd_container.notebook.file : f.content if f.target_file == "/etc/jupyterhub-singleuser/spawn.json"]) == "{\"cmd\":[\"jupyterhub-singleuser\"],\"cwd\":null,\"gid\":1000,\"home\":\"/home/tftest\",\"uid\":1000,\"user\":\"tftest\"}"
+    error_message = "Without groups spawn.json should be the file it always was, byte for byte."
+  }
+  assert {
+    condition = [for k, v in jsondecode(one([for f in output.files : f.content if f.target_path == "/etc/jupyterhub-singleuser/spawn.json"])) : k] == [
+      "cmd", "cwd", "gid", "home", "uid", "user",
+    ]
+    error_message = "Without groups spawn.json should have no groups or group_dirs key."
+  }
+}
+
+# Empty lists given are the same as none given.
+run "spawn_with_empty_groups_plan" {
+  command = plan
+  variables {
+    user = { name = "tftest", uid = 1000, gid = 1000, home = "/home/tftest", groups = [], group_dirs = [] }
+  }
+  assert {
+    condition     = [for k, v in jsondecode(one([for f in lxd_container.notebook.file : f.content if f.target_file == "/etc/jupyterhub-singleuser/spawn.json"])) : k] == ["cmd", "cwd", "gid", "home", "uid", "user"]
+    error_message = "Empty groups and group_dirs should leave spawn.json without those keys."
+  }
+}
+
+run "spawn_with_groups_plan" {
+  command = plan
+  variables {
+    user = {
+      name       = "tftest"
+      uid        = 1000
+      gid        = 1000
+      home       = "/home/tftest"
+      groups     = [5001, 5002]
+      group_dirs = [{ path = "/shared/physics", gid = 5001 }]
+    }
+  }
+  assert {
+    # Both sides decoded, so the JSON types (tuples, numbers) compare alike.
+    condition = jsondecode(one([for f in lxd_container.notebook.file : f.content if f.target_file == "/etc/jupyterhub-singleuser/spawn.json"])) == jsondecode(jsonencode({
+      user   = "tftest", uid = 1000, gid = 1000, home = "/home/tftest", cwd = null, cmd = ["jupyterhub-singleuser"]
+      groups = [5001, 5002], group_dirs = [{ path = "/shared/physics", gid = 5001 }]
+    }))
+    error_message = "spawn.json should carry groups and group_dirs when given."
+  }
+  assert {
+    condition = (one([for f in output.files : f.content if f.target_path == "/etc/jupyterhub-singleuser/spawn.json"])
+    == one([for f in lxd_container.notebook.file : f.content if f.target_file == "/etc/jupyterhub-singleuser/spawn.json"]))
+    error_message = "The files output should hold the same spawn.json as the provider writes."
+  }
+}
+
+run "user_group_zero" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000, gid = 1000, home = "/home/alice", groups = [0] }
+  }
+  expect_failures = [var.user]
+}
+
+run "user_group_dir_gid_zero" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000, gid = 1000, home = "/home/alice", group_dirs = [{ path = "/shared/physics", gid = 0 }] }
+  }
+  expect_failures = [var.user]
+}
+
+run "user_group_dir_at_root" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000, gid = 1000, home = "/home/alice", groups = [5001], group_dirs = [{ path = "/", gid = 5001 }] }
+  }
+  expect_failures = [var.user]
+}
+
+run "user_group_dir_relative_path" {
+  command = plan
+  variables {
+    user = { name = "alice", uid = 1000, gid = 1000, home = "/home/alice", groups = [5001], group_dirs = [{ path = "shared/physics", gid = 5001 }] }
+  }
+  expect_failures = [var.user]
+}
+
 run "empty_server_cmd" {
   command = plan
   variables {
@@ -273,6 +361,30 @@ run "volume_plan" {
   assert {
     condition     = one([for d in lxd_container.notebook.device : d if d.name == "home"]).properties == tomap({ pool = "default", source = "home-alice", path = "/home/alice" })
     error_message = "A volume should be a disk device with pool, source and path."
+  }
+}
+
+# readonly only where asked: a volume without it (a home) keeps exactly the device it always had.
+run "volume_readonly_plan" {
+  command = plan
+  variables {
+    volumes = [
+      { name = "home", pool = "default", source = "home-alice", path = "/home/alice" },
+      { name = "scratch", pool = "default", source = "scratch", path = "/scratch", readonly = false },
+      { name = "shared", pool = "default", source = "shared-physics", path = "/shared/physics", readonly = true },
+    ]
+  }
+  assert {
+    condition     = one([for d in lxd_container.notebook.device : d if d.name == "home"]).properties == tomap({ pool = "default", source = "home-alice", path = "/home/alice" })
+    error_message = "A volume without readonly should have no readonly key: pool, source and path only."
+  }
+  assert {
+    condition     = one([for d in lxd_container.notebook.device : d if d.name == "scratch"]).properties == tomap({ pool = "default", source = "scratch", path = "/scratch" })
+    error_message = "A volume with readonly = false should have no readonly key either."
+  }
+  assert {
+    condition     = one([for d in lxd_container.notebook.device : d.properties if d.name == "shared" && d.type == "disk"]) == tomap({ pool = "default", source = "shared-physics", path = "/shared/physics", readonly = "true" })
+    error_message = "A volume with readonly = true should be a disk device with readonly = \"true\"."
   }
 }
 

@@ -1,5 +1,6 @@
 """Checks, from the host, what the notebook module put into an instance: each file's mode, owner and
-sha256 (via `lxc exec`), that each expected mount point is one and root can write there, then
+sha256 (via `lxc exec`), that each expected mount point is one and root can write there, that each
+read-only mount point is one, mounted ro, where even root's write is refused, then
 that the server unit is active and answers through the proxy device
 with the token and refuses without it. Prints every mismatch and exits 1 on any."""
 
@@ -46,6 +47,27 @@ def mount_errors(paths: list[str]) -> list[str]:
     return errors
 
 
+def readonly_mount_errors(paths: list[str]) -> list[str]:
+    errors = []
+    for path in paths:
+        found = in_instance("findmnt", "-n", "-o", "SOURCE,OPTIONS", "--mountpoint", path)
+        if not found:
+            errors.append(f"{path}: not a mount point")
+            continue
+        source, options = found.split()[0], found.split()[-1]
+        if "ro" not in options.split(","):
+            errors.append(f"{path} (mounted from {source}): mounted {options!r}, not ro")
+        probe = f"{path}/.tftest-write"
+        wrote = subprocess.run(["lxc", "exec", INSTANCE, "--", "sh", "-c", 'echo x > "$1"', "sh", probe],
+                               capture_output=True, text=True)
+        if wrote.returncode == 0:
+            in_instance("rm", "-f", probe)
+            errors.append(f"{path} (mounted from {source}): root could write there")
+        elif "Read-only file system" not in wrote.stderr:
+            errors.append(f"{path}: the write failed, but not as read-only: {wrote.stderr.strip()}")
+    return errors
+
+
 def status(url: str, token: str | None) -> int | None:
     headers = {"Authorization": f"token {token}"} if token else {}
     try:
@@ -75,6 +97,7 @@ def server_errors(url: str, token: str) -> list[str]:
 def main() -> int:
     errors = file_errors(json.loads(os.environ["INSPECT_FILES"]))
     errors += mount_errors(json.loads(os.environ.get("INSPECT_MOUNTS", "[]")))
+    errors += readonly_mount_errors(json.loads(os.environ.get("INSPECT_RO_MOUNTS", "[]")))
     errors += server_errors(os.environ["INSPECT_SERVER_URL"], os.environ["INSPECT_TOKEN"])
     for e in errors:
         print(f"inspect {INSTANCE}: {e}", file=sys.stderr)

@@ -63,6 +63,12 @@ variable "mounts" {
   default     = []
 }
 
+variable "readonly_mounts" {
+  description = "Paths inside the instance that must be read-only mount points (volumes with readonly = true): even root's write is refused."
+  type        = list(string)
+  default     = []
+}
+
 locals {
   # The environment file is not in the module's files output (it holds the token): rebuild it.
   all_files = concat(var.files, [merge(var.environment_file, {
@@ -79,7 +85,7 @@ locals {
 }
 
 resource "terraform_data" "inspected" {
-  input = { files = local.expected_files, mounts = var.mounts }
+  input = { files = local.expected_files, mounts = var.mounts, readonly_mounts = var.readonly_mounts }
 
   provisioner "local-exec" {
     command = "python3 ${path.module}/look_inside.py"
@@ -89,6 +95,7 @@ resource "terraform_data" "inspected" {
       INSPECT_SERVER_URL = "http://${var.connect_address}:${var.connect_port}/api/status"
       INSPECT_TOKEN      = var.environment["JUPYTER_TOKEN"]
       INSPECT_MOUNTS     = jsonencode(var.mounts)
+      INSPECT_RO_MOUNTS  = jsonencode(var.readonly_mounts)
     }
   }
 }
@@ -101,4 +108,9 @@ output "checked_paths" {
 output "checked_mounts" {
   description = "The mount points found (known only when every check passed)."
   value       = terraform_data.inspected.output.mounts
+}
+
+output "checked_readonly_mounts" {
+  description = "The read-only mount points found refusing a write (known only when every check passed)."
+  value       = terraform_data.inspected.output.readonly_mounts
 }
