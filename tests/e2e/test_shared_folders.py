@@ -9,8 +9,9 @@ tofu: a course folder its staff write and its students only read, a team folder.
 - a change of groups takes effect at the next start and is audited, for a fresh server and for
   a kept one (remove = False) resumed in place;
 - no stop and no user deletion touches the folder; `shared list` and `orphans` know it;
-  `shared delete` is refused while mounted or configured, then deletes it and archives its
-  workspace with its audit record.
+  `shared delete` is refused while mounted or configured, then keeps it for the retention
+  period (`shared undelete` brings it back with its files), or deletes it at once (`--now`),
+  and archives its workspace with its audit record.
 """
 
 from __future__ import annotations
@@ -178,7 +179,18 @@ def test_the_folder_outlives_stops_and_users_and_goes_only_by_command(ctx):
         f"stu2's kept (stopped) instance still has the device: {kept.stderr}"
     assert ctx.hub.api("DELETE", "/users/stu2").status_code == 204
     wait_for(lambda: not ctx.client.instances.exists("jupyter-stu2"), 120, "stu2's kept instance deleted")
-    cli(ctx, "shared", "delete", "course", "--force")
+    out = cli(ctx, "shared", "delete", "course", "--force").stdout
+    kept = [r for r in json.loads(cli(ctx, "shared", "list", "--json").stdout) if r["folder"] == "course"]
+    assert len(kept) == 1 and kept[0]["state"].startswith("retained until") and kept[0]["volume"] in out, kept
+    assert "shared-course" not in {v["name"] for v in custom_volumes(ctx.client)}, "renamed out of the way"
+    cli(ctx, "shared", "undelete", kept[0]["volume"])
+    ctx.spawn("ta")
+    assert ctx.read("ta", "~/course/syllabus.txt") == "week 1: shells; week 2: git", "undeleted with its files"
+    ctx.stop("ta")
+    cli(ctx, "shared", "delete", "course", "--force", "--now")
     assert "shared-course" not in {v["name"] for v in custom_volumes(ctx.client)}
     archived = sorted((ctx.hub.state_dir / "_shared").glob("course.deleted-*"))
-    assert archived and '"shared-delete"' in (archived[0] / "audit.jsonl").read_text()
+    records = [json.loads(line) for line in (archived[0] / "audit.jsonl").read_text().splitlines()] if archived else []
+    assert [r["operation"] for r in records if r["operation"].startswith("shared-")][-3:] == [
+        "shared-delete", "shared-undelete", "shared-delete"], records
+    assert not [r for r in json.loads(cli(ctx, "shared", "list", "--json").stdout) if r["folder"] == "course"]

@@ -71,28 +71,37 @@ async def retain(spawner: LxdSpawner, vol: Volume) -> None:
             if info.used_by:
                 raise RuntimeError(f"volume {vol.name} is still attached to {', '.join(info.used_by)}; it was kept "
                                    "as it is")
-            now = _now()
-            until = now + dt.timedelta(days=float(sp.storage_retention_days))
-            new = retained_name(vol.name)
-            snap = await snapshots.take(sp.endpoint, vol.pool, vol.name, target, "before-delete")
-            archive = ws.path.with_name(f"{ws.path.name}.retained-{now:%Y%m%dT%H%M%SZ}")
-            await lxd.rename_volume(sp.endpoint, vol.pool, vol.name, target, new)
-            await lxd.patch_volume_config(sp.endpoint, vol.pool, new, target, {
-                DELETED_KEY: now.isoformat(), PURGE_KEY: until.isoformat(), ARCHIVE_KEY: str(archive)})
-            await set_volume(sp.runner, ws, name=new)
-            note = {"user": sp.user.name, "server": sp.name or "", "volume": vol.name, "retained_as": new,
-                    "pool": vol.pool, "location": target or "", "deleted": now.isoformat(),
-                    "purge_after": until.isoformat()}
-            await asyncio.to_thread(write_private, ws.path / RETAINED_FILE, json.dumps(note, indent=2) + "\n")
-            await ws.audit({**record, "retained_as": new, "snapshot": snap, "purge_after": until.isoformat(),
-                            "outcome": "ok", "note": "user deleted; home kept until purge_after "
-                                                     "(tf-lxd-spawner home undelete brings it back)"})
-            await asyncio.to_thread(os.rename, ws.path, archive)
+            kept = await keep_for(sp.endpoint, sp.runner, ws, vol, target, float(sp.storage_retention_days),
+                                  {"user": sp.user.name, "server": sp.name or ""})
+            await ws.audit({**record, **kept, "outcome": "ok", "note": "user deleted; home kept until purge_after "
+                                                                        "(tf-lxd-spawner home undelete brings it back)"})
+            await asyncio.to_thread(os.rename, ws.path, kept["archive"])
             sp.log.info("Kept the home volume of deleted user %s as %s until %s (storage_retention_days)",
-                        sp.user.name, new, until.isoformat())
+                        sp.user.name, kept["retained_as"], kept["purge_after"])
             return
         stamp = _now().strftime("%Y%m%dT%H%M%SZ")
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.deleted-{stamp}"))
+
+
+async def keep_for(endpoint: lxd.Endpoint, runner, ws: Workspace, vol: Volume, target: str | None, days: float,
+                   whose: dict) -> dict:
+    """Keep a volume for `days` instead of deleting it: a snapshot first, renamed out of the
+    way of a new one of its name, marked with when it goes and where its workspace will be
+    archived (the caller audits, then renames the workspace to `archive`; it holds its lock).
+    Returns what the audit record says of it."""
+    now = _now()
+    until = now + dt.timedelta(days=days)
+    new = retained_name(vol.name)
+    snap = await snapshots.take(endpoint, vol.pool, vol.name, target, "before-delete")
+    archive = ws.path.with_name(f"{ws.path.name}.retained-{now:%Y%m%dT%H%M%SZ}")
+    await lxd.rename_volume(endpoint, vol.pool, vol.name, target, new)
+    await lxd.patch_volume_config(endpoint, vol.pool, new, target, {
+        DELETED_KEY: now.isoformat(), PURGE_KEY: until.isoformat(), ARCHIVE_KEY: str(archive)})
+    await set_volume(runner, ws, name=new)
+    note = {**whose, "volume": vol.name, "retained_as": new, "pool": vol.pool, "location": target or "",
+            "deleted": now.isoformat(), "purge_after": until.isoformat()}
+    await asyncio.to_thread(write_private, ws.path / RETAINED_FILE, json.dumps(note, indent=2) + "\n")
+    return {"retained_as": new, "snapshot": snap, "purge_after": until.isoformat(), "archive": str(archive)}
 
 
 async def retained(endpoint: lxd.Endpoint, state_dir: str | Path) -> list[lxd.VolumeInfo]:

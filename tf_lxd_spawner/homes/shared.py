@@ -36,7 +36,12 @@ class SharedVolume:
 
     @property
     def volume_name(self) -> str:
-        return f"shared-{self.name}"
+        return volume_name(self.name)
+
+
+def volume_name(folder: str) -> str:
+    """The LXD volume of the shared folder called `folder`."""
+    return f"shared-{folder}"
 
 
 def _groups(entry: dict, key: str, where: str) -> tuple[str, ...]:

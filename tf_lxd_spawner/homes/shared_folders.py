@@ -21,13 +21,15 @@ from typing import TYPE_CHECKING
 from ..errors import SpawnError
 from ..systems import initialising, lxd
 from ..systems.workspace import Workspace
-from . import shared, snapshots, storage
+from . import retention, shared, snapshots, storage
 
 if TYPE_CHECKING:  # annotations only: the spawner imports these steps
     from ..spawner import LxdSpawner
 
 #: Under state_dir: no escaped user name starts with '_', so no user's directory is called this.
 SHARED_DIR = "_shared"
+#: The spawner's labels on a volume: user.tf-lxd-spawner.<key> config keys (kind, shared...).
+LABEL = "user.tf-lxd-spawner."
 #: The disk device of a shared folder in the notebook module: `tf-lxd-shared-<name>`.
 DEVICE_PREFIX = "tf-lxd-shared-"
 
@@ -186,6 +188,13 @@ async def listing(spawner: LxdSpawner) -> list[dict]:
                      "mounted_by": sorted(u.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
                                           for u in (info.used_by if info else ())),
                      "configured": ws.path.name in configured, "workspace": str(ws.path)})
+    for info in await retention.retained(spawner.endpoint, spawner.state_dir):
+        if info.config.get(f"{LABEL}kind") == "shared":
+            rows.append({"folder": info.config.get(f"{LABEL}shared", ""), "volume": info.name, "pool": info.pool,
+                         "member": info.location, "quota": info.config.get("size", ""), "used_bytes": None,
+                         "state": f"retained until {info.config.get(retention.PURGE_KEY, '')}", "snapshots": None,
+                         "mounted_by": [], "configured": False,
+                         "workspace": info.config.get(retention.ARCHIVE_KEY, "")})
     return rows
 
 
@@ -208,11 +217,13 @@ async def snapshot(spawner: LxdSpawner, name: str, by: str) -> str:
     return snap
 
 
-async def delete(spawner: LxdSpawner, name: str, by: str, force: bool = False) -> int:
-    """Delete a shared folder: its volume and snapshots go (Terraform destroy), its workspace is
-    archived as `<name>.deleted-<time>` with its audit record. Refused while an instance mounts
-    it, and while shared_volumes names it (the next start would make a new, empty one) unless
-    `force`. Returns how many snapshots went with it."""
+async def delete(spawner: LxdSpawner, name: str, by: str, force: bool = False, now: bool = False) -> dict:
+    """Delete a shared folder. As a deleted user's home: kept storage_retention_days first
+    (snapshot, renamed out of the way, purged by the hub's purge or `home purge`; `shared
+    undelete` brings it back), or at once with `now` (its volume and snapshots destroyed).
+    Either way its workspace is archived with its audit record. Refused while an instance
+    mounts it (a kept one too), and while shared_volumes names it (the next start would make a
+    new, empty one) unless `force`. Returns what the audit record says."""
     vol = await asyncio.to_thread(_find, spawner, name)
     configured = {f.name for f in shared.parse(spawner.shared_volumes)}
     if name in configured and not force:
@@ -228,6 +239,13 @@ async def delete(spawner: LxdSpawner, name: str, by: str, force: bool = False) -
             await ws.audit({**record, "outcome": "refused", "error": f"mounted by {holders}"})
             raise SpawnError(f"shared folder {name!r} is mounted by {holders}: stop those servers first (their "
                              "kept instances too); nothing was deleted")
+        days = float(spawner.storage_retention_days)
+        if info is not None and not now and days > 0:
+            kept = await retention.keep_for(spawner.endpoint, spawner.runner, ws, vol, where, days, {"shared": name})
+            await ws.audit({**record, **kept, "outcome": "ok",
+                            "note": "kept until purge_after (tf-lxd-spawner shared undelete brings it back)"})
+            await asyncio.to_thread(os.rename, ws.path, kept["archive"])
+            return kept
         try:
             await initialising.repoint(spawner.terraform, ws, spawner.storage_module_source, spawner.log,
                                        {"shared": name})
@@ -236,7 +254,43 @@ async def delete(spawner: LxdSpawner, name: str, by: str, force: bool = False) -
         except Exception as e:
             await ws.audit({**record, "outcome": "failed", "error": getattr(e, "detail", str(e))})
             raise
-        await ws.audit({**record, "outcome": "ok", "snapshots_deleted": gone})
+        done = {"snapshots_deleted": gone}
+        await ws.audit({**record, **done, "outcome": "ok"})
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         await asyncio.to_thread(os.rename, ws.path, ws.path.with_name(f"{ws.path.name}.deleted-{stamp}"))
-    return gone
+    return done
+
+
+async def undelete(spawner: LxdSpawner, volume: str, by: str) -> str:
+    """Bring back a shared folder kept after its deletion (`volume`: its retained name, as
+    `shared list` shows it) under its own name; refused when a folder of that name exists.
+    Returns the folder's name."""
+    found = [v for v in await retention.retained(spawner.endpoint, spawner.state_dir)
+             if v.name == volume and v.config.get(f"{LABEL}kind") == "shared"]
+    if not found:
+        raise SpawnError(f"no retained shared folder {volume!r} of this hub (tf-lxd-spawner shared list shows them)")
+    info = found[0]
+    name = info.config.get(f"{LABEL}shared", "")
+    archive = Workspace(info.config[retention.ARCHIVE_KEY])
+    place = shared_dir(spawner.state_dir) / name
+    original = shared.volume_name(name)
+    if await asyncio.to_thread(lambda: bool(storage.from_workspace(place))) or \
+            await lxd.volume(spawner.endpoint, info.pool, original, info.location or None) is not None:
+        raise SpawnError(f"a shared folder {name!r} exists already: delete it first (shared delete {name} --now), "
+                         "or export what you need from the retained one")
+    async with archive.lock():
+        await lxd.rename_volume(spawner.endpoint, info.pool, info.name, info.location or None, original)
+        await lxd.patch_volume_config(spawner.endpoint, info.pool, original, info.location or None,
+                                      {retention.DELETED_KEY: "", retention.PURGE_KEY: "", retention.ARCHIVE_KEY: ""})
+        await storage.set_volume(spawner.runner, archive, name=original)
+        await archive.audit({"operation": "shared-undelete", "shared": name, "volume": original, "from": volume,
+                             "by": by, "outcome": "ok", "note": f"back as the shared folder {name}"})
+    await asyncio.to_thread(_move_into_place, archive.path, place)
+    return name
+
+
+def _move_into_place(archive: Path, place: Path) -> None:
+    if place.exists():  # what a refused start left (its lock, its audit): kept beside
+        os.rename(place, place.with_name(f"{place.name}.replaced-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"))
+    os.rename(archive, place)
+    (place / retention.RETAINED_FILE).unlink(missing_ok=True)
