@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from ..errors import SpawnError
-from ..homes import snapshots
+from ..homes import shared, snapshots
 from ..lifecycle import preflight
 from ..lifecycle.module_inputs import host_and_port, hub_address
 from ..lifecycle.settings_values import ConfigError, check_subid_allowed, image_choices
@@ -644,6 +644,31 @@ async def check_snapshots(ctx: Context) -> Check:
     return ok(name, "; ".join(parts))
 
 
+async def check_shared(ctx: Context) -> Check:
+    """shared_volumes reads, each folder's pool exists (and can enforce its size), and the
+    image's launcher can give writers the folder's group."""
+    name, sp = "shared", ctx.spawner
+    if not sp.shared_volumes:
+        return ok(name, "no groups' shared folders (shared_volumes is empty)")
+    try:
+        folders = shared.parse(sp.shared_volumes)
+    except shared.SharedConfigError as e:
+        return fail(name, str(e), "correct c.LxdSpawner.shared_volumes (docs/shared-folders.md)")
+    parts = []
+    for folder in folders:
+        pool = folder.pool or sp.storage_pool
+        driver = await lxd.pool_driver(ctx.endpoint, pool)
+        if driver is None:
+            return fail(name, f"shared folder {folder.name}: pool {pool!r} does not exist on the "
+                              f"{ctx.backend.display} server", f"create it, or set its \"pool\" in shared_volumes")
+        if folder.size and driver not in QUOTA_DRIVERS:
+            return fail(name, f"shared folder {folder.name}: pool {pool!r} ({driver}) cannot enforce its size "
+                              f"{folder.size}", "use a btrfs, zfs or lvm pool, or give it size \"\" knowingly")
+        who = ", ".join([f"{g} rw" for g in folder.write_groups] + [f"{g} ro" for g in folder.read_groups])
+        parts.append(f"{folder.name} ({who}; pool {pool}, gid {folder.gid})")
+    return ok(name, "; ".join(parts))
+
+
 # ---- running them -------------------------------------------------------------------------------
 #: (name, check, the checks it needs), in the order lines are printed.
 CHECKS = (
@@ -656,6 +681,7 @@ CHECKS = (
     ("ports", check_ports, ("daemon",)),
     ("storage", check_storage, ("daemon",)),
     ("snapshots", check_snapshots, ("daemon",)),
+    ("shared", check_shared, ("daemon",)),
     ("hub", check_hub, ("daemon", "image")),
 )
 
