@@ -660,7 +660,7 @@ async def check_shared(ctx: Context) -> Check:
         driver = await lxd.pool_driver(ctx.endpoint, pool)
         if driver is None:
             return fail(name, f"shared folder {folder.name}: pool {pool!r} does not exist on the "
-                              f"{ctx.backend.display} server", f"create it, or set its \"pool\" in shared_volumes")
+                              f"{ctx.backend.display} server", "create it, or set its \"pool\" in shared_volumes")
         if folder.size and driver not in QUOTA_DRIVERS:
             return fail(name, f"shared folder {folder.name}: pool {pool!r} ({driver}) cannot enforce its size "
                               f"{folder.size}", "use a btrfs, zfs or lvm pool, or give it size \"\" knowingly")
