@@ -68,12 +68,12 @@ def ctx(request, tmp_path_factory):
     work = tmp_path_factory.mktemp(f"shared-{daemon}")
     hub = Hub(work, hub_config(daemon, work), env={"PATH": f"{CACHE / 'bin'}:{os.environ['PATH']}"})
     hub.start()
-    for user in IDS:
-        hub.api("POST", f"/users/{user}")
-    for group, users in GROUPS.items():
-        r = hub.api("POST", f"/groups/{group}", json={"users": users})
-        assert r.status_code == 201, r.text
     try:
+        for user in IDS:
+            hub.api("POST", f"/users/{user}")
+        for group, users in GROUPS.items():
+            r = hub.api("POST", f"/groups/{group}", json={"users": users})
+            assert r.status_code == 201, r.text
         yield Ctx(daemon, client, hub, Control(work / "control.json"), work)
     finally:
         shut_down(hub, client)
