@@ -35,10 +35,10 @@ pytestmark = pytest.mark.e2e
 BINARY = {"lxd": "terraform", "incus": "tofu"}
 # The releases in tests/upgrade/: whether they have home volumes (storage_enabled) at all.
 RELEASES = {"98db19d": {"storage": False}, "27f0bb9": {"storage": True}, "95ce0d7": {"storage": True},
-            "632bc32": {"storage": True}}
-# Each release once; the last one (0.3.0, whose modules were all in one folder) on the daemon the
-# one before it was not tested on.
-CASES = [("98db19d", "incus"), ("27f0bb9", "incus"), ("95ce0d7", "lxd"), ("632bc32", "incus")]
+            "632bc32": {"storage": True}, "f60ce3e": {"storage": True, "shared": True}}
+# Each release once, on the daemons in turn: 0.3.0 (its modules all in one folder) on Incus, 0.4.0
+# (its notebook module without readonly volumes or groups) on LXD.
+CASES = [("98db19d", "incus"), ("27f0bb9", "incus"), ("95ce0d7", "lxd"), ("632bc32", "incus"), ("f60ce3e", "lxd")]
 USERS = ("runner", "keeper")
 
 READ = ("import os\np = os.path.expanduser({rel!r})\n"
@@ -65,6 +65,15 @@ c.LxdSpawner.remove = False
 c.Spawner.http_timeout = 240
 c.Spawner.start_timeout = 300
 """
+
+
+# After an upgrade from 0.4.0 the operator adds a shared folder: the kept server resumed by this
+# release gets its device (read-only for its group), in place.
+SHARED = """
+c.LxdSpawner.shared_volumes = [{"name": "course", "size": "50MiB", "path": "course", "read_groups": ["class"]}]
+c.JupyterHub.load_roles.append({"name": "tester-groups", "services": ["tester"], "scopes": ["admin:groups"]})
+"""
+SHARED_DEVICE = "tf-lxd-shared-course"
 
 
 def successor(old: Hub, config: str, env: dict) -> Hub:
@@ -192,12 +201,16 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
         old_done = time.monotonic()
 
         # -- this release, on the same database and state_dir ----------------------------------
-        new = successor(old, config, env)
+        shared = RELEASES[rev].get("shared", False)
+        new = successor(old, config + (SHARED if shared else ""), env)
         hubs.append(new)
         wait_for(lambda: ports_free(old.port, old.hub_port, old.proxy_api_port), timeout=30,
                  what="the old hub's ports to be free")
         new_since = new.log_path.stat().st_size
         new.start()
+        if shared:
+            r = new.api("POST", "/groups/class", json={"users": ["keeper"]})
+            f.expect(r.status_code == 201, f"group class: {r.status_code} {r.text}")
 
         # runner: adopted, not spawned again
         try:
@@ -249,6 +262,11 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
             for rel, key in (("~/notebook.txt", "notebook"), ("~/proj/data.txt", "data")):
                 got = new.run_code("keeper", tokens["keeper"], READ.format(rel=rel))
                 f.expect(got == mark[key], f"after keeper's resume {rel} reads {got!r}{copy_in}")
+            if shared:
+                device = client.instances.get(names["keeper"]).devices.get(SHARED_DEVICE) or {}
+                f.expect(device.get("readonly") == "true", f"the resumed kept server's shared folder: {device}")
+                granted = [r.get("changes") for r in audit(new, "keeper") if r.get("operation") == "shared-access"]
+                f.expect(granted == [{"course": "granted ro"}], f"keeper's shared-access audit: {granted}")
         except AssertionError as e:
             f.append(f"keeper's start failed: {e}")
 
@@ -266,6 +284,13 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
             r = new.api("DELETE", f"/users/{user}")
             f.expect(r.status_code in (202, 204), f"DELETE /users/{user}: {r.status_code} {r.text}")
         # Their homes are kept (storage_retention_days, new in 0.3.0), renamed: purged by command.
+        if shared:  # never deleted with a user: by the operator's command, once nothing mounts it
+            wait_for(lambda: not [x for x in leftovers(client, state_dir) if x.startswith("instance")], timeout=180,
+                     what="the users' instances to go")
+            r = subprocess.run([str(Path(sys.executable).parent / "tf-lxd-spawner"), "-f",
+                                str(new.workdir / "jupyterhub_config.py"), "shared", "delete", "course", "--force",
+                                "--now"], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+            f.expect(r.returncode == 0, f"shared delete course: {r.returncode} {r.stdout} {r.stderr}")
         try:
             wait_for(lambda: all(RETAINED in x for x in leftovers(client, state_dir)), timeout=180,
                      what="the users' deletion to remove all but their retained homes")
