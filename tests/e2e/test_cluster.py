@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import spawnerstub
 from homemoves import follow_refuse_move
-from hubtools import Hub
+from hubtools import Control, Hub, control_hook
 from lxdcluster import TINY, LxdCluster
 
 from tf_lxd_spawner.lifecycle.placement import reservations
@@ -42,6 +42,19 @@ def make_spawner(cluster, state_dir, username, **traits):
                     lxd_key=str(cluster.key), lxd_verify=str(cluster.server_cert))
     settings.update(traits)
     return spawnerstub.make_spawner(state_dir, username, **settings)
+
+
+def homes_on_local_pool(cluster) -> str:
+    """Hub configuration: the cluster over https, homes on its pool local to each member (dir:
+    no quota)."""
+    return f"""
+c.LxdSpawner.lxd_endpoint = "{cluster.first.url}"
+c.LxdSpawner.lxd_cert = "{cluster.cert}"
+c.LxdSpawner.lxd_key = "{cluster.key}"
+c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
+c.LxdSpawner.storage_pool = "local"
+c.LxdSpawner.storage_capacity = ""
+"""
 
 
 def locations(cluster):
@@ -240,14 +253,7 @@ def test_home_follows_a_hand_move_refuses_an_evacuated_member_and_moves_by_comma
     work = tmp_path_factory.mktemp("cluster-homes")
     if "jupyter-notebook" not in cluster.first.lxc("image", "list", "--format", "csv"):
         cluster.import_image_from_host("jupyter-notebook", work)
-    hub = Hub(work, f"""
-c.LxdSpawner.lxd_endpoint = "{cluster.first.url}"
-c.LxdSpawner.lxd_cert = "{cluster.cert}"
-c.LxdSpawner.lxd_key = "{cluster.key}"
-c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
-c.LxdSpawner.storage_pool = "local"
-c.LxdSpawner.storage_capacity = ""
-""").start()
+    hub = Hub(work, homes_on_local_pool(cluster)).start()
     try:
         follow_refuse_move(hub, cluster)
     finally:
@@ -258,20 +264,12 @@ def test_shared_folder_on_a_local_pool_brings_its_users_to_its_member_or_refuses
     """Issue 29 on a pool local to each member: the folder is made where its first user goes;
     the next member of the group goes there too, whatever the weights say; a user whose home is
     on another member is refused, naming both, and nothing is made for them."""
-    from hubtools import Control, control_hook
-
     work = tmp_path_factory.mktemp("cluster-shared")
     if "jupyter-notebook" not in cluster.first.lxc("image", "list", "--format", "csv"):
         cluster.import_image_from_host("jupyter-notebook", work)
-    hub = Hub(work, f"""
-c.LxdSpawner.lxd_endpoint = "{cluster.first.url}"
-c.LxdSpawner.lxd_cert = "{cluster.cert}"
-c.LxdSpawner.lxd_key = "{cluster.key}"
-c.LxdSpawner.lxd_verify = "{cluster.server_cert}"
-c.LxdSpawner.storage_pool = "local"
-c.LxdSpawner.storage_capacity = ""
-c.LxdSpawner.shared_volumes = [{{"name": "lab", "path": "lab", "write_groups": ["lab"]}}]
-c.JupyterHub.load_roles.append({{"name": "tester-groups", "services": ["tester"], "scopes": ["admin:groups"]}})
+    hub = Hub(work, homes_on_local_pool(cluster) + """
+c.LxdSpawner.shared_volumes = [{"name": "lab", "path": "lab", "write_groups": ["lab"]}]
+c.JupyterHub.load_roles.append({"name": "tester-groups", "services": ["tester"], "scopes": ["admin:groups"]})
 """ + control_hook(work / "control.json")).start()
     control = Control(work / "control.json")
     users = {"ann": {"m1": 0, "m2": 0}, "ben": {"m3": 0, "m1": 0}, "cat": {"m2": 0, "m3": 0}}
