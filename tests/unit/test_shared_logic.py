@@ -49,3 +49,45 @@ def test_names_and_paths_are_unique():
 
 def test_no_size_is_no_quota():
     assert parse([{"name": "d", "path": "/x", "read_groups": ["g"]}])[0].size == ""
+
+
+def _spawner(groups, volumes=COURSE):
+    from types import SimpleNamespace
+    return SimpleNamespace(shared_volumes=volumes, storage_pool="default", state_dir="/srv/state",
+                           user=SimpleNamespace(name="u", groups=[SimpleNamespace(name=g) for g in groups]))
+
+
+def test_mounts_devices_and_account_follow_the_groups():
+    from tf_lxd_spawner.homes import shared_folders
+
+    mounts = shared_folders.mounts_for(_spawner(["data8-students", "team-a"]), "/home/u")
+    assert [(m.folder.name, m.readonly, m.volume.mount_path, str(m.volume.workspace)) for m in mounts] == [
+        ("data8", True, "/srv/data8", "/srv/state/_shared/data8"),
+        ("team-a", False, "/home/u/team-a", "/srv/state/_shared/team-a")]
+    assert shared_folders.devices(mounts) == [
+        {"name": "tf-lxd-shared-data8", "pool": "default", "source": "shared-data8", "path": "/srv/data8",
+         "readonly": True},
+        {"name": "tf-lxd-shared-team-a", "pool": "default", "source": "shared-team-a", "path": "/home/u/team-a",
+         "readonly": False}]
+    # The account joins every folder's group; only the folders it writes are made setgid.
+    assert shared_folders.account(mounts) == {"groups": [1000], "group_dirs": [{"path": "/home/u/team-a",
+                                                                                "gid": 1000}]}
+    assert shared_folders.mounts_for(_spawner([]), "/home/u") == [] and shared_folders.account([]) == {}
+
+
+def test_last_access_is_read_back_from_the_saved_inputs():
+    from tf_lxd_spawner.homes import shared_folders
+
+    saved = {"volumes": [{"name": "tf-lxd-home"}, {"name": "tf-lxd-shared-data8", "readonly": True},
+                         {"name": "tf-lxd-shared-team-a", "readonly": False}]}
+    assert shared_folders.access_before(saved) == {"data8": True, "team-a": False}
+    assert shared_folders.access_before({}) == {}
+
+
+def test_a_folder_at_the_home_itself_is_refused():
+    from tf_lxd_spawner.errors import SpawnError
+    from tf_lxd_spawner.homes import shared_folders
+
+    with pytest.raises(SpawnError, match="is the home itself"):
+        shared_folders.mounts_for(_spawner(["g"], [{"name": "h", "path": "/home/u/", "read_groups": ["g"]}]),
+                                  "/home/u")

@@ -71,6 +71,12 @@ async def start(spawner: LxdSpawner, server: Server, checked: Checked, stages: S
         pinned.update(await shared_folders.locations(spawner, checked.shared))
         attempt.record["shared"] = {m.folder.name: "ro" if m.readonly else "rw" for m in checked.shared}
     pinned = {what: member for what, member in pinned.items() if member}
+    if pinned and attempt.resuming and checked.members:
+        # A kept instance resumes only where it is: its member counts as one more pin, so one
+        # of its volumes elsewhere is refused by name (never a replaced instance).
+        info = await lxd.instance(server.endpoint, server.instance)
+        if info is not None and info.location:
+            pinned[f"your kept server {server.instance}"] = info.location
     with stages.timed("placement"):
         async with reservations.decide:  # choose and reserve as one step
             if pinned:
