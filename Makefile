@@ -75,9 +75,10 @@ $(CHP): | debs
 	npm install --no-audit --no-fund --silent --prefix $(CACHE)/npm configurable-http-proxy@5
 
 # The tests that run daemons of their own (loopback clusters, network namespaces) run beside the
-# others, which share the machine's main daemons; each group in order, one pytest each.
+# others, which share the machine's main daemons; each group in order, one pytest each. The shared
+# folders' hubs (names of their own) run in the first group too, so both groups end about together.
 OWN_DAEMONS = tests/e2e/test_cluster.py tests/e2e/test_incus_cluster.py tests/e2e/test_remote_cluster.py \
-	tests/e2e/test_remote_members.py
+	tests/e2e/test_remote_members.py tests/e2e/test_shared_folders.py
 test: setup
 	@rm -f $(CACHE)/test-own-daemons.log
 	@$(VENV)/bin/pytest $(PYTEST_ARGS) -p no:cacheprovider --basetemp=$(CACHE)/pytest-own-daemons $(OWN_DAEMONS) \

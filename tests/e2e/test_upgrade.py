@@ -70,10 +70,10 @@ c.Spawner.start_timeout = 300
 # After an upgrade from 0.4.0 the operator adds a shared folder: the kept server resumed by this
 # release gets its device (read-only for its group), in place.
 SHARED = """
-c.LxdSpawner.shared_volumes = [{"name": "course", "size": "50MiB", "path": "course", "read_groups": ["class"]}]
+c.LxdSpawner.shared_volumes = [{"name": "upgrade-course", "size": "50MiB", "path": "course", "read_groups": ["class"]}]
 c.JupyterHub.load_roles.append({"name": "tester-groups", "services": ["tester"], "scopes": ["admin:groups"]})
 """
-SHARED_DEVICE = "tf-lxd-shared-course"
+SHARED_DEVICE = "tf-lxd-shared-upgrade-course"
 
 
 def successor(old: Hub, config: str, env: dict) -> Hub:
@@ -266,7 +266,7 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
                 device = client.instances.get(names["keeper"]).devices.get(SHARED_DEVICE) or {}
                 f.expect(device.get("readonly") == "true", f"the resumed kept server's shared folder: {device}")
                 granted = [r.get("changes") for r in audit(new, "keeper") if r.get("operation") == "shared-access"]
-                f.expect(granted == [{"course": "granted ro"}], f"keeper's shared-access audit: {granted}")
+                f.expect(granted == [{"upgrade-course": "granted ro"}], f"keeper's shared-access audit: {granted}")
         except AssertionError as e:
             f.append(f"keeper's start failed: {e}")
 
@@ -288,9 +288,9 @@ def test_upgrade_adopts_the_running_server_and_resumes_the_kept_one(rev, daemon,
             wait_for(lambda: not [x for x in leftovers(client, state_dir) if x.startswith("instance")], timeout=180,
                      what="the users' instances to go")
             r = subprocess.run([str(Path(sys.executable).parent / "tf-lxd-spawner"), "-f",
-                                str(new.workdir / "jupyterhub_config.py"), "shared", "delete", "course", "--force",
+                                str(new.workdir / "jupyterhub_config.py"), "shared", "delete", "upgrade-course", "--force",
                                 "--now"], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
-            f.expect(r.returncode == 0, f"shared delete course: {r.returncode} {r.stdout} {r.stderr}")
+            f.expect(r.returncode == 0, f"shared delete upgrade-course: {r.returncode} {r.stdout} {r.stderr}")
         try:
             wait_for(lambda: all(RETAINED in x for x in leftovers(client, state_dir)), timeout=180,
                      what="the users' deletion to remove all but their retained homes")
