@@ -120,8 +120,9 @@ async def ensure_all(spawner: LxdSpawner, mounts: list[Mount], target: str | Non
     it once); {title: member} of those on a pool local to one member."""
     found = {}
     for m in mounts:
-        where = await storage.ensure(spawner, m.volume, target, role(spawner, m.folder))
-        if where:
+        where = storage.member_of({"location": await storage.ensure(spawner, m.volume, target,
+                                                                    role(spawner, m.folder))})
+        if where:  # not on a standalone server, nor on a pool every member reaches ("none")
             found[f"the shared folder {m.folder.name}"] = where
     return found
 
