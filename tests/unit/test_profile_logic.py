@@ -327,3 +327,17 @@ def test_applied_values_are_kept_as_json_and_reapplied_after_a_hub_restart():
     refused, saved_refused = _Settings(), {}
     assert profiles.reapply(refused, {"image": 5}, saved_refused) == [] and saved_refused == {}
     assert refused.image == "base"
+
+
+def test_a_profile_gives_shared_folders_and_the_next_start_takes_them_back():
+    course = {"name": "course", "path": "course", "read_groups": ["gpu-users"]}
+    lab = {"name": "lab", "path": "lab", "write_groups": ["gpu-users"]}
+    sp = _spawner(shared_volumes=[course], profile_list=[
+        {"display_name": "Lab", "slug": "lab", "spawner_override": {"shared_volumes": [course, lab]}},
+        {"display_name": "Plain", "slug": "plain", "default": True}])
+    asyncio.run(sp.apply_profile({"profile": "lab"}))
+    assert [v["name"] for v in sp.shared_volumes] == ["course", "lab"]
+    # Kept with the server, so a restarted hub's stop knows them.
+    assert profiles.applied_values(sp, sp._profile_saved)["shared_volumes"] == [course, lab]
+    asyncio.run(sp.apply_profile({"profile": "plain"}))
+    assert [v["name"] for v in sp.shared_volumes] == ["course"], "the next start's profile starts from the config"
