@@ -79,13 +79,16 @@ $(CHP): | debs
 # folders' hubs (names of their own) run in the first group too, so both groups end about together.
 OWN_DAEMONS = tests/e2e/test_cluster.py tests/e2e/test_incus_cluster.py tests/e2e/test_remote_cluster.py \
 	tests/e2e/test_remote_members.py tests/e2e/test_shared_folders.py
+# The longest single test (30 spawn/stop cycles on LXD, about 5.5 min) runs in that group too.
+BESIDE = tests/e2e/test_faults.py::test_thirty_cycles_leave_nothing_behind
 test: setup
 	@rm -f $(CACHE)/test-own-daemons.log
 	@$(VENV)/bin/pytest $(PYTEST_ARGS) -p no:cacheprovider --basetemp=$(CACHE)/pytest-own-daemons $(OWN_DAEMONS) \
-		> $(CACHE)/test-own-daemons.log 2>&1 & own=$$!; \
-	$(VENV)/bin/pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(OWN_DAEMONS)); main=$$?; \
+		$(BESIDE) > $(CACHE)/test-own-daemons.log 2>&1 & own=$$!; \
+	$(VENV)/bin/pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(OWN_DAEMONS)) $(addprefix --deselect=,$(BESIDE)); main=$$?; \
 	wait $$own; own=$$?; \
-	echo "==== the tests on daemons of their own ($(OWN_DAEMONS)):"; cat $(CACHE)/test-own-daemons.log; \
+	echo "==== the tests on daemons of their own, and those run beside ($(OWN_DAEMONS) $(BESIDE)):"; \
+	cat $(CACHE)/test-own-daemons.log; \
 	echo "test: the main daemons' tests exited $$main, the own daemons' $$own"; \
 	[ $$main -eq 0 ] && [ $$own -eq 0 ]
 
