@@ -25,6 +25,22 @@ for id in $allow_ids; do
     fi
   done
 done
+# Kernel limits every container shares (their root maps to one host uid): with the defaults
+# (128 inotify instances) about 20 systemd containers boot and the next ones die at once
+# ("Failed to create control group inotify object: Too many open files"). LXD's production
+# set-up values; only ever raised, and a kernel that refuses is said, not fatal.
+raise_limit() {
+  local now
+  now=$(sysctl -n "$1" 2>/dev/null || echo 0)
+  if [ "$now" -lt "$2" ]; then
+    sysctl -qw "$1=$2" 2>/dev/null || echo "lxd-up: warning: could not raise $1 from $now to $2"
+  fi
+}
+raise_limit fs.inotify.max_user_instances 1024
+raise_limit fs.inotify.max_user_watches 1048576
+raise_limit kernel.keys.maxkeys 2000
+raise_limit kernel.keys.maxbytes 2000000
+
 if [ "$added" = 1 ] && lxc info >/dev/null 2>&1; then
   echo "lxd-up: restarting LXD to read the new /etc/subuid and /etc/subgid"
   lxd shutdown
