@@ -182,12 +182,18 @@ async def undelete(spawner: LxdSpawner, name: str) -> Path:
 
 
 def _move_into_place(archive: Path, vol: Volume, sp) -> None:
-    if vol.workspace.exists():  # what a refused or failed spawn left (its lock, its audit): kept beside
-        os.rename(vol.workspace, vol.workspace.with_name(f"{vol.workspace.name}.replaced-{_now():%Y%m%dT%H%M%SZ}"))
-    vol.workspace.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.rename(archive, vol.workspace)
-    (vol.workspace / RETAINED_FILE).unlink(missing_ok=True)
+    move_into_place(archive, vol.workspace)
     set_owner(vol.workspace, sp.user.name, "" if vol.shared else (sp.name or ""), vol.shared)
+
+
+def move_into_place(archive: Path, place: Path) -> None:
+    """An undeleted volume's archived workspace back at `place` (a home's, a shared folder's);
+    what a refused or failed start left there (its lock, its audit) is kept beside. Blocking."""
+    if place.exists():
+        os.rename(place, place.with_name(f"{place.name}.replaced-{_now():%Y%m%dT%H%M%SZ}"))
+    place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.rename(archive, place)
+    (place / RETAINED_FILE).unlink(missing_ok=True)
 
 
 

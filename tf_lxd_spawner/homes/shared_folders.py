@@ -186,8 +186,7 @@ async def listing(spawner: LxdSpawner) -> list[dict]:
         rows.append({"folder": ws.path.name, "volume": name, "pool": pool, "member": where or "",
                      "quota": inputs.get("size") or "", "used_bytes": info.used_bytes if info else None,
                      "state": "live" if info else "missing", "snapshots": len(snaps),
-                     "mounted_by": sorted(u.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-                                          for u in (info.used_by if info else ())),
+                     "mounted_by": info.instances if info else [],
                      "configured": ws.path.name in configured, "workspace": str(ws.path)})
     for info in await retention.retained(spawner.endpoint, spawner.state_dir):
         if info.config.get(f"{LABEL}kind") == "shared":
@@ -236,7 +235,7 @@ async def delete(spawner: LxdSpawner, name: str, by: str, force: bool = False, n
         record = {"operation": "shared-delete", "shared": name, "volume": vol.name, "pool": vol.pool, "by": by}
         info = await lxd.volume(spawner.endpoint, vol.pool, vol.name, where)
         if info is not None and info.used_by:
-            holders = ", ".join(sorted(u.rstrip("/").rsplit("/", 1)[-1].split("?")[0] for u in info.used_by))
+            holders = ", ".join(info.instances)
             await ws.audit({**record, "outcome": "refused", "error": f"mounted by {holders}"})
             raise SpawnError(f"shared folder {name!r} is mounted by {holders}: stop those servers first (their "
                              "kept instances too); nothing was deleted")
@@ -286,12 +285,5 @@ async def undelete(spawner: LxdSpawner, volume: str, by: str) -> str:
         await storage.set_volume(spawner.runner, archive, name=original)
         await archive.audit({"operation": "shared-undelete", "shared": name, "volume": original, "from": volume,
                              "by": by, "outcome": "ok", "note": f"back as the shared folder {name}"})
-    await asyncio.to_thread(_move_into_place, archive.path, place)
+    await asyncio.to_thread(retention.move_into_place, archive.path, place)
     return name
-
-
-def _move_into_place(archive: Path, place: Path) -> None:
-    if place.exists():  # what a refused start left (its lock, its audit): kept beside
-        os.rename(place, place.with_name(f"{place.name}.replaced-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"))
-    os.rename(archive, place)
-    (place / retention.RETAINED_FILE).unlink(missing_ok=True)

@@ -477,6 +477,11 @@ class VolumeInfo:
     used_bytes: int | None = None
     used_by: tuple = ()  # instances (URLs) that have it attached
 
+    @property
+    def instances(self) -> list[str]:
+        """The names of the instances it is attached to (`used_by` without the API's URL)."""
+        return sorted(u.rstrip("/").rsplit("/", 1)[-1].split("?")[0] for u in self.used_by)
+
 
 #: Drivers whose volumes every cluster member reaches (a volume on them belongs to no member).
 SHARED_POOL_DRIVERS = {"ceph", "cephfs", "cephobject"}
